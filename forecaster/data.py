@@ -1,0 +1,557 @@
+"""The one tidy input schema: reading, validation (the one seam) and sufficient statistics.
+
+A row of the tidy table is either
+
+* **per item**: ``item``, ``n_tokens`` (reference answer length in tokens, >= 1),
+  ``logprob`` (sum of the natural-log probabilities of the reference tokens,
+  teacher-forced; <= 0) and optionally ``correct`` (0/1 exact match); or
+* **aggregate** per (model, task, setting): ``n_items``, ``n_tokens`` (mean
+  answer length) and ``ce`` (mean per-token cross-entropy, nats) and/or
+  ``n_correct`` (exact-match count), or ``accuracy`` together with ``n_items``.
+
+Every row also names ``family``, ``model``, ``task`` and either ``compute``
+(training FLOPs) or both ``params`` and ``tokens`` (compute = 6 * params * tokens);
+``setting`` (e.g. ``0-shot``, ``5-shot``, ``instruct``) is optional.
+
+:func:`validate` is the only place input is checked; every problem raises a
+:class:`~forecaster.errors.DataError` whose message is one line naming the
+source, the row/column and the fix. :func:`summarize` reduces a validated table
+to sufficient statistics per (model, task, setting) cell, so that the cost of a
+fit grows with the number of cells, not with the number of items or tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+
+__all__ = [
+    "DEFAULT_SETTING",
+    "CE_FLOOR",
+    "CellData",
+    "load_table",
+    "read_table",
+    "validate",
+    "summarize",
+]
+
+DEFAULT_SETTING = "default"
+#: Per-token cross-entropy below this (nats) is floored before taking logs
+#: (a log-prob of exactly 0 would otherwise give log CE = -inf).
+CE_FLOOR = 1e-6
+ID_COLUMNS = ("family", "model", "task")
+NUMERIC_COLUMNS = (
+    "compute", "params", "tokens", "n_tokens", "logprob", "correct",
+    "n_items", "ce", "n_correct", "accuracy",
+)
+_LINE = "_line"
+
+
+def _where(source: str, line) -> str:
+    return f"{source}, line {line}" if source and not source.startswith("<") else f"{source} row {line}"
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read one CSV or Parquet file (by extension; ``.csv.gz`` works) without validating it."""
+    p = Path(path)
+    name = p.name.lower()
+    if not p.exists():
+        raise DataError(f"{p}: file not found; check the path")
+    if p.is_dir():
+        raise DataError(f"{p}: is a directory; pass a CSV or Parquet file")
+    try:
+        if name.endswith((".parquet", ".pq")):
+            df = pd.read_parquet(p)
+        else:
+            df = pd.read_csv(p)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{p}: file is empty; it needs a header row and at least one data row") from None
+    except Exception as exc:  # unreadable: binary garbage, bad encoding, broken parquet
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{p}: cannot be read as CSV or Parquet ({first}); save it as UTF-8 CSV or Parquet") from None
+    if df.empty:
+        raise DataError(f"{p}: has a header but no data rows; add results, one row per item or per (model, task, setting)")
+    # line numbers as a person sees them in the file (header is line 1)
+    df[_LINE] = np.arange(len(df)) + (2 if not name.endswith((".parquet", ".pq")) else 0)
+    df.attrs["source"] = str(p)
+    return df
+
+
+def load_table(paths: str | Path | Sequence[str | Path], *, allow_single_compute: bool = False) -> pd.DataFrame:
+    """Read and validate one or more CSV/Parquet files into one tidy table.
+
+    Parameters
+    ----------
+    paths : path or sequence of paths
+        CSV (optionally gzipped) or Parquet files in the tidy schema.
+    allow_single_compute : bool
+        Accept tasks seen at a single compute (their slope then comes from the
+        pooled prior alone).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The validated table (see :func:`validate`).
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    frames = []
+    for p in paths:
+        df = read_table(p)
+        df = _check_rows(df, source=str(p))
+        frames.append(df)
+    if not frames:
+        raise DataError("no input files given; pass at least one CSV or Parquet file")
+    table = pd.concat(frames, ignore_index=True)
+    table.attrs["source"] = ", ".join(str(p) for p in paths)
+    return _check_table(table, allow_single_compute=allow_single_compute)
+
+
+def validate(df: pd.DataFrame, *, source: str = "<table>", allow_single_compute: bool = False) -> pd.DataFrame:
+    """Validate a tidy table and return a normalized copy.
+
+    The returned table has a ``compute`` column (filled from ``6*params*tokens``
+    where needed), a ``setting`` column (``"default"`` where absent), a
+    ``kind`` column (``"item"`` or ``"aggregate"``) and ``n_correct`` filled from
+    ``accuracy * n_items`` where only accuracy was given.
+
+    Raises
+    ------
+    forecaster.errors.DataError
+        With a one-line message naming the source, row and column, and the fix.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise DataError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
+    if df.empty:
+        raise DataError(f"{source}: the table has no rows; add results, one row per item or per (model, task, setting)")
+    df = df.copy()
+    if _LINE not in df.columns:
+        df[_LINE] = df.index
+    df.attrs["source"] = source
+    df = _check_rows(df, source=source)
+    return _check_table(df, allow_single_compute=allow_single_compute)
+
+
+def _numeric(df: pd.DataFrame, col: str, source: str, mask: pd.Series | None = None) -> pd.Series:
+    """Column as float; non-numeric entries raise with the offending row."""
+    raw = df[col]
+    vals = pd.to_numeric(raw, errors="coerce").astype(float)
+    bad = vals.isna() & raw.notna()
+    if mask is not None:
+        bad &= mask
+    if bad.any():
+        i = bad.idxmax()
+        raise DataError(
+            f"{_where(source, df.at[i, _LINE])}: column '{col}' has non-numeric value {raw[i]!r}; write a plain number"
+        )
+    inf = np.isinf(vals)
+    if mask is not None:
+        inf &= mask
+    if inf.any():
+        i = inf.idxmax()
+        raise DataError(f"{_where(source, df.at[i, _LINE])}: column '{col}' is infinite; write a finite number")
+    return vals
+
+
+def _require_present(df: pd.DataFrame, col: str, mask: pd.Series, source: str, why: str) -> None:
+    if col not in df.columns:
+        i = mask.idxmax()
+        raise DataError(f"{source}: missing column '{col}' ({why}, e.g. {_where(source, df.at[i, _LINE])}); add it")
+    missing = mask & df[col].isna()
+    if missing.any():
+        i = missing.idxmax()
+        raise DataError(
+            f"{_where(source, df.at[i, _LINE])}: column '{col}' is empty or NaN ({why}); fill it in or drop the row"
+        )
+
+
+def _check_rows(df: pd.DataFrame, *, source: str) -> pd.DataFrame:
+    """Per-row checks of one source: columns, types, ranges."""
+    df = df.rename(columns=lambda c: str(c).strip())
+    for col in ID_COLUMNS:
+        if col not in df.columns:
+            raise DataError(f"{source}: missing column '{col}'; every row needs family, model and task")
+        empty = df[col].isna() | (df[col].astype(str).str.strip() == "")
+        if empty.any():
+            i = empty.idxmax()
+            raise DataError(f"{_where(source, df.at[i, _LINE])}: column '{col}' is empty; name the {col}")
+        df[col] = df[col].astype(str).str.strip()
+    if "setting" in df.columns:
+        df["setting"] = df["setting"].where(df["setting"].notna(), DEFAULT_SETTING).astype(str).str.strip()
+        df.loc[df["setting"] == "", "setting"] = DEFAULT_SETTING
+    else:
+        df["setting"] = DEFAULT_SETTING
+
+    everything = pd.Series(True, index=df.index)
+    for col in NUMERIC_COLUMNS:
+        if col in df.columns:
+            df[col] = _numeric(df, col, source)
+
+    # compute
+    if "compute" in df.columns and df["compute"].notna().all():
+        pass
+    elif {"params", "tokens"} <= set(df.columns):
+        need = df["compute"].isna() if "compute" in df.columns else everything
+        _require_present(df, "params", need, source, "compute is missing, so compute = 6*params*tokens")
+        _require_present(df, "tokens", need, source, "compute is missing, so compute = 6*params*tokens")
+        filled = 6.0 * df["params"] * df["tokens"]
+        df["compute"] = df["compute"].where(~need, filled) if "compute" in df.columns else filled
+    elif "compute" in df.columns:
+        i = df["compute"].isna().idxmax()
+        raise DataError(
+            f"{_where(source, df.at[i, _LINE])}: column 'compute' is empty or NaN; give training FLOPs, "
+            "or add columns params and tokens"
+        )
+    else:
+        raise DataError(
+            f"{source}: missing column 'compute'; add training FLOPs as 'compute', or both 'params' and 'tokens'"
+        )
+    bad = df["compute"] <= 0
+    if bad.any():
+        i = bad.idxmax()
+        raise DataError(
+            f"{_where(source, df.at[i, _LINE])}: compute must be > 0 FLOPs, got {df.at[i, 'compute']:g}; "
+            "drop untrained (step 0) checkpoints or fix the value"
+        )
+
+    # row kind
+    if "item" in df.columns:
+        is_item = df["item"].notna() & (df["item"].astype(str).str.strip() != "")
+    else:
+        is_item = pd.Series(False, index=df.index)
+    is_agg = ~is_item
+    df["kind"] = np.where(is_item, "item", "aggregate")
+    if is_item.any():
+        df.loc[is_item, "item"] = df.loc[is_item, "item"].astype(str).str.strip()
+
+    # answer length, for both kinds
+    _require_present(df, "n_tokens", everything, source, "answer length in tokens, needed for every row")
+    bad = df["n_tokens"] < 1
+    if bad.any():
+        i = bad.idxmax()
+        raise DataError(
+            f"{_where(source, df.at[i, _LINE])}: n_tokens must be >= 1, got {df.at[i, 'n_tokens']:g}; "
+            "give the reference answer's length in tokens"
+        )
+
+    if is_item.any():
+        _require_present(df, "logprob", is_item, source, "per-item rows need the answer's summed log-probability")
+        bad = is_item & (df["logprob"] > 0)
+        if bad.any():
+            i = bad.idxmax()
+            raise DataError(
+                f"{_where(source, df.at[i, _LINE])}: logprob must be <= 0 (a natural-log probability), got "
+                f"{df.at[i, 'logprob']:g}; pass log-probabilities, not probabilities or negated losses"
+            )
+        if "correct" in df.columns:
+            bad = is_item & df["correct"].notna() & ~df["correct"].isin([0.0, 1.0])
+            if bad.any():
+                i = bad.idxmax()
+                raise DataError(
+                    f"{_where(source, df.at[i, _LINE])}: correct must be 0 or 1, got {df.at[i, 'correct']:g}; "
+                    "write 1 for an exact match, 0 otherwise"
+                )
+
+    if is_agg.any():
+        has = {c: (df[c].notna() if c in df.columns else pd.Series(False, index=df.index))
+               for c in ("ce", "n_correct", "accuracy", "n_items")}
+        none = is_agg & ~has["ce"] & ~has["n_correct"] & ~has["accuracy"]
+        if none.any():
+            i = none.idxmax()
+            raise DataError(
+                f"{_where(source, df.at[i, _LINE])}: an aggregate row needs 'ce', 'n_correct' or 'accuracy' "
+                "(or 'item' and 'logprob' for a per-item row); add one of them"
+            )
+        _require_present(df, "n_items", is_agg, source, "aggregate rows need the number of test items")
+        bad = is_agg & ((df["n_items"] < 1) | (df["n_items"] != np.round(df["n_items"])))
+        if bad.any():
+            i = bad.idxmax()
+            raise DataError(
+                f"{_where(source, df.at[i, _LINE])}: n_items must be a whole number >= 1, got {df.at[i, 'n_items']:g}"
+            )
+        if has["ce"].any():
+            bad = is_agg & has["ce"] & (df["ce"] <= 0)
+            if bad.any():
+                i = bad.idxmax()
+                raise DataError(
+                    f"{_where(source, df.at[i, _LINE])}: ce must be > 0 (mean per-token cross-entropy in nats), "
+                    f"got {df.at[i, 'ce']:g}"
+                )
+        if has["accuracy"].any():
+            bad = is_agg & has["accuracy"] & ((df["accuracy"] < 0) | (df["accuracy"] > 1))
+            if bad.any():
+                i = bad.idxmax()
+                raise DataError(
+                    f"{_where(source, df.at[i, _LINE])}: accuracy must be in [0, 1], got {df.at[i, 'accuracy']:g}; "
+                    "give a fraction, not a percentage"
+                )
+            if "n_correct" not in df.columns:
+                df["n_correct"] = np.nan
+            fill = is_agg & has["accuracy"] & ~has["n_correct"]
+            df.loc[fill, "n_correct"] = np.round(df.loc[fill, "accuracy"] * df.loc[fill, "n_items"])
+        if "n_correct" in df.columns:
+            nc = df["n_correct"]
+            bad = is_agg & nc.notna() & ((nc < 0) | (nc > df["n_items"]) | (nc != np.round(nc)))
+            if bad.any():
+                i = bad.idxmax()
+                raise DataError(
+                    f"{_where(source, df.at[i, _LINE])}: n_correct must be a whole number in [0, n_items], got "
+                    f"{df.at[i, 'n_correct']:g} with n_items {df.at[i, 'n_items']:g}"
+                )
+    return df
+
+
+def _check_table(df: pd.DataFrame, *, allow_single_compute: bool) -> pd.DataFrame:
+    """Checks across rows (possibly from several files): duplicates, consistency, identifiability."""
+    source = df.attrs.get("source", "<table>")
+    src = df["_source"] if "_source" in df.columns else None
+    del src
+    cell = ["family", "model", "task", "setting"]
+    # duplicates
+    item_rows = df[df["kind"] == "item"]
+    dup = item_rows.duplicated(cell + ["item"], keep="first")
+    if dup.any():
+        i = dup[dup].index[0]
+        r = df.loc[i]
+        raise DataError(
+            f"{_where(source, r[_LINE])}: duplicate row for model {r['model']!r}, task {r['task']!r}, setting "
+            f"{r['setting']!r}, item {r['item']!r}; keep one row per item"
+        )
+    agg_rows = df[df["kind"] == "aggregate"]
+    dup = agg_rows.duplicated(cell, keep="first")
+    if dup.any():
+        i = dup[dup].index[0]
+        r = df.loc[i]
+        raise DataError(
+            f"{_where(source, r[_LINE])}: duplicate aggregate row for model {r['model']!r}, task {r['task']!r}, "
+            f"setting {r['setting']!r}; keep one row per (model, task, setting)"
+        )
+    both = set(map(tuple, item_rows[cell].drop_duplicates().to_numpy())) & set(
+        map(tuple, agg_rows[cell].to_numpy())
+    )
+    if both:
+        f, m, t, s = sorted(both)[0]
+        raise DataError(
+            f"{source}: model {m!r}, task {t!r}, setting {s!r} has both per-item and aggregate rows; "
+            "keep one kind per (model, task, setting)"
+        )
+    # a model has one family and one compute
+    fam = df.groupby("model")["family"].nunique()
+    if (fam > 1).any():
+        m = fam[fam > 1].index[0]
+        raise DataError(f"{source}: model {m!r} appears under several families; give each model one family")
+    comp = df.groupby("model")["compute"].agg(lambda c: c.max() / c.min())
+    if (comp > 1 + 1e-9).any():
+        m = comp[comp > 1 + 1e-9].index[0]
+        raise DataError(
+            f"{source}: model {m!r} has different compute values; give each model (checkpoint) one compute, "
+            "or name checkpoints as separate models"
+        )
+    # identifiability
+    n_compute = df["compute"].nunique()
+    if n_compute < 2:
+        raise DataError(
+            f"{source}: all rows have the same compute ({df['compute'].iloc[0]:g} FLOPs): a scaling trend needs "
+            "results from at least two model sizes or checkpoints"
+        )
+    per_task = df.groupby("task")["compute"].nunique()
+    single = per_task[per_task < 2]
+    if len(single) and not allow_single_compute:
+        raise DataError(
+            f"{source}: task {single.index[0]!r} is seen at a single compute only, so its slope cannot be "
+            "identified; add results at another compute, or allow it to borrow the pooled slope "
+            "(--pool-single-compute / allow_single_compute=True)"
+        )
+    return df.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- sufficient statistics
+
+
+@dataclass
+class CellData:
+    """Sufficient statistics per (model, task, setting) cell, with integer codes for the model.
+
+    Arrays named ``cell_*`` have one entry per cell. Item statistics are NaN
+    (and ``item_n`` 0) for cells without per-item data, and likewise for the
+    aggregate CE and the exact-match counts.
+    """
+
+    tasks: list[str]
+    families: list[str]
+    settings: list[str]
+    models: list[str]
+    c0: float
+    cell_model: np.ndarray
+    cell_task: np.ndarray
+    cell_family: np.ndarray
+    cell_setting: np.ndarray
+    cell_x: np.ndarray  # log10 compute
+    cell_k: np.ndarray  # mean answer length (tokens)
+    item_n: np.ndarray  # number of per-item observations
+    item_mean: np.ndarray  # mean over items of log per-token CE
+    item_ss: np.ndarray  # within-cell sum of squares of log CE (used when the group is unbalanced)
+    item_balanced: np.ndarray  # bool: cell belongs to a balanced (task, setting) item group
+    ce_obs: np.ndarray  # aggregate mean per-token CE (nats)
+    ce_n: np.ndarray  # n_items behind ce_obs
+    em_n: np.ndarray  # items behind the exact-match count (0 when none)
+    em_correct: np.ndarray
+    group_task: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # balanced groups
+    group_ss_items: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    group_df_items: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    group_ss_res: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    group_df_res: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    model_family: dict[str, str] = field(default_factory=dict)
+    model_compute: dict[str, float] = field(default_factory=dict)
+    task_k: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.cell_x)
+
+
+def _codes(values: pd.Series, order: Iterable[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    levels = list(order) if order is not None else sorted(values.unique())
+    lookup = {v: i for i, v in enumerate(levels)}
+    return values.map(lookup).to_numpy(int), levels
+
+
+def _setting_order(settings: Iterable[str]) -> list[str]:
+    """Reference setting first: 'default', then a zero-shot one, then alphabetical."""
+    s = sorted(set(settings))
+
+    def rank(v: str) -> tuple[int, str]:
+        low = v.lower()
+        if low == DEFAULT_SETTING:
+            return (0, v)
+        if low.startswith("0-shot") or low in {"0shot", "zero-shot", "base"}:
+            return (1, v)
+        return (2, v)
+
+    return sorted(s, key=rank)
+
+
+def summarize(df: pd.DataFrame, c0: float | None = None) -> CellData:
+    """Reduce a validated tidy table to per-cell sufficient statistics.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Output of :func:`validate` or :func:`load_table`.
+    c0 : float, optional
+        Centre of log10 compute; defaults to the median over cells.
+    """
+    key = ["model", "task", "setting"]
+    cells = df.groupby(key, sort=True).agg(
+        family=("family", "first"), compute=("compute", "first"), k=("n_tokens", "mean")
+    ).reset_index()
+    tasks = sorted(df["task"].unique())
+    families = sorted(df["family"].unique())
+    settings = _setting_order(df["setting"].unique())
+    models = sorted(df["model"].unique())
+    n = len(cells)
+    idx = {tuple(r): i for i, r in enumerate(cells[key].to_numpy())}
+
+    item_n = np.zeros(n)
+    item_mean = np.full(n, np.nan)
+    item_ss = np.full(n, np.nan)
+    balanced = np.zeros(n, bool)
+    ce_obs = np.full(n, np.nan)
+    ce_n = np.zeros(n)
+    em_n = np.zeros(n)
+    em_correct = np.zeros(n)
+    g_task, g_ssi, g_dfi, g_ssr, g_dfr = [], [], [], [], []
+
+    items = df[df["kind"] == "item"]
+    if len(items):
+        ce = np.maximum(-items["logprob"].to_numpy(float) / items["n_tokens"].to_numpy(float), CE_FLOOR)
+        items = items.assign(y=np.log(ce))
+        st = items.groupby(key).agg(n=("y", "size"), mean=("y", "mean"), var=("y", lambda v: float(np.var(v))))
+        for (m, t, s), r in st.iterrows():
+            i = idx[(m, t, s)]
+            item_n[i] = r["n"]
+            item_mean[i] = r["mean"]
+            item_ss[i] = r["var"] * r["n"]
+        if "correct" in items.columns:
+            c = items[items["correct"].notna()].groupby(key)["correct"].agg(["size", "sum"])
+            for (m, t, s), r in c.iterrows():
+                i = idx[(m, t, s)]
+                em_n[i] = r["size"]
+                em_correct[i] = r["sum"]
+        # balanced (task, setting) groups: same item set in every cell -> two-way decomposition
+        for (t, s), g in items.groupby(["task", "setting"]):
+            per_cell = g.groupby("model")["item"].apply(lambda v: frozenset(v))
+            if len(per_cell) < 2 or len(set(per_cell)) != 1:
+                continue
+            n_items_g = len(per_cell.iloc[0])
+            if n_items_g < 2:
+                continue
+            mat = g.pivot(index="item", columns="model", values="y").to_numpy()
+            grand = mat.mean()
+            item_means = mat.mean(axis=1)
+            cell_means = mat.mean(axis=0)
+            J = mat.shape[1]
+            resid = mat - item_means[:, None] - cell_means[None, :] + grand
+            g_task.append(tasks.index(t))
+            g_ssi.append(J * float(np.sum((item_means - grand) ** 2)))
+            g_dfi.append(n_items_g - 1)
+            g_ssr.append(float(np.sum(resid**2)))
+            g_dfr.append((n_items_g - 1) * (J - 1))
+            for m in per_cell.index:
+                balanced[idx[(m, t, s)]] = True
+
+    aggs = df[df["kind"] == "aggregate"]
+    for r in aggs.itertuples(index=False):
+        i = idx[(r.model, r.task, r.setting)]
+        ce_val = getattr(r, "ce", np.nan)
+        if ce_val == ce_val and ce_val is not None:
+            ce_obs[i] = ce_val
+            ce_n[i] = r.n_items
+        nc = getattr(r, "n_correct", np.nan)
+        if nc == nc and nc is not None:
+            em_n[i] = r.n_items
+            em_correct[i] = nc
+
+    x = np.log10(cells["compute"].to_numpy(float))
+    if c0 is None:
+        c0 = float(np.round(np.median(x), 2))
+    t_codes, _ = _codes(cells["task"], tasks)
+    k = cells["k"].to_numpy(float)
+    task_k = np.array([k[t_codes == j].mean() for j in range(len(tasks))])
+    mf = df.groupby("model")["family"].first().to_dict()
+    mc = df.groupby("model")["compute"].first().astype(float).to_dict()
+    return CellData(
+        tasks=tasks,
+        families=families,
+        settings=settings,
+        models=models,
+        c0=c0,
+        cell_model=_codes(cells["model"], models)[0],
+        cell_task=t_codes,
+        cell_family=_codes(cells["family"], families)[0],
+        cell_setting=_codes(cells["setting"], settings)[0],
+        cell_x=x,
+        cell_k=k,
+        item_n=item_n,
+        item_mean=item_mean,
+        item_ss=item_ss,
+        item_balanced=balanced,
+        ce_obs=ce_obs,
+        ce_n=ce_n,
+        em_n=em_n,
+        em_correct=em_correct,
+        group_task=np.array(g_task, int),
+        group_ss_items=np.array(g_ssi, float),
+        group_df_items=np.array(g_dfi, float),
+        group_ss_res=np.array(g_ssr, float),
+        group_df_res=np.array(g_dfr, float),
+        model_family=mf,
+        model_compute=mc,
+        task_k=task_k,
+    )

@@ -1,0 +1,132 @@
+"""Model specifications: structure and priors as reviewable TOML data files.
+
+The default lives in ``models/default.toml`` (shipped in the wheel as
+``forecaster/_models``). A user passes a name of a shipped spec or a path to an
+edited copy.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pymc as pm
+
+from .errors import SpecError
+
+__all__ = ["ModelSpec", "load_spec", "spec_dir"]
+
+REQUIRED_PRIORS = (
+    "mu_a", "sigma_a", "mu_b", "sigma_b", "sigma_family", "setting_a", "setting_b",
+    "sigma_setting_a", "sigma_setting_b", "sigma_cell", "sigma_item", "item_persistence",
+    "em_concentration",
+)
+STRUCTURE_DEFAULTS: dict[str, Any] = {
+    "parametrization": "auto",
+    "auto_centered_min_levels": 4,
+    "family_effects": True,
+    "setting_effects": True,
+    "cell_deviation": True,
+    "em_likelihood": "binomial",
+    "quadrature_nodes": 24,
+}
+_CHOICES = {
+    "parametrization": {"auto", "centered", "noncentered"},
+    "em_likelihood": {"binomial", "betabinomial"},
+}
+
+
+def spec_dir() -> Path:
+    """Folder holding the shipped specs (wheel: ``forecaster/_models``; source tree: ``models/``)."""
+    here = Path(__file__).resolve().parent
+    for cand in (here / "_models", here.parent / "models"):
+        if cand.is_dir():
+            return cand
+    raise SpecError("the shipped model specs are missing from this installation; reinstall forecaster")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model specification: structure switches and priors as values."""
+
+    name: str
+    structure: dict[str, Any]
+    priors: dict[str, dict[str, Any]]
+    text: str = field(repr=False, default="")
+
+    def prior(self, name: str, *, dims=None, shape=None) -> Any:
+        """Create the PyMC random variable for prior ``name`` inside the current model context."""
+        p = dict(self.priors[name])
+        dist = p.pop("dist")
+        kw: dict[str, Any] = {}
+        if dims is not None:
+            kw["dims"] = dims
+        if shape is not None:
+            kw["shape"] = shape
+        return getattr(pm, dist)(name, **p, **kw)
+
+    def prior_params(self, name: str) -> dict[str, Any]:
+        p = dict(self.priors[name])
+        p.pop("dist")
+        return p
+
+
+def _parse(text: str, where: str) -> ModelSpec:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{where}: not valid TOML ({exc}); fix the syntax") from None
+    structure = dict(STRUCTURE_DEFAULTS)
+    for key, val in raw.get("structure", {}).items():
+        if key not in STRUCTURE_DEFAULTS:
+            raise SpecError(f"{where}: unknown [structure] key '{key}'; known: {', '.join(STRUCTURE_DEFAULTS)}")
+        if key in _CHOICES and val not in _CHOICES[key]:
+            raise SpecError(f"{where}: [structure] {key} = {val!r}; choose one of {sorted(_CHOICES[key])}")
+        structure[key] = val
+    priors = raw.get("priors", {})
+    for name in REQUIRED_PRIORS:
+        if name not in priors:
+            raise SpecError(f"{where}: [priors] lacks '{name}'; copy it from the default spec")
+    for name, p in priors.items():
+        if name not in REQUIRED_PRIORS:
+            raise SpecError(f"{where}: unknown prior '{name}'; known: {', '.join(REQUIRED_PRIORS)}")
+        if not isinstance(p, dict) or "dist" not in p:
+            raise SpecError(f"{where}: prior '{name}' needs a table with 'dist', e.g. {{ dist = \"Normal\", mu = 0, sigma = 1 }}")
+        dist = getattr(pm, str(p["dist"]), None)
+        if dist is None or not isinstance(dist, type) or not issubclass(dist, pm.Distribution):
+            raise SpecError(f"{where}: prior '{name}' names unknown distribution {p['dist']!r}; use a PyMC name such as Normal")
+        try:
+            dist.dist(**{k: v for k, v in p.items() if k != "dist"})
+        except Exception as exc:  # wrong parameter names or values
+            raise SpecError(f"{where}: prior '{name}' has bad parameters ({exc}); check the PyMC docs for {p['dist']}") from None
+    name = raw.get("meta", {}).get("name", Path(where).stem)
+    return ModelSpec(name=name, structure=structure, priors={k: dict(v) for k, v in priors.items()}, text=text)
+
+
+def load_spec(model: str | Path | None = None) -> ModelSpec:
+    """Load a spec by shipped name (``"default"``) or by path to a TOML file."""
+    if model is None:
+        model = "default"
+    p = Path(model)
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise SpecError(f"{p}: model spec file not found; pass a shipped name ({_names()}) or a path to a .toml file")
+        return _parse(p.read_text(), str(p))
+    cand = spec_dir() / f"{model}.toml"
+    if not cand.is_file():
+        raise SpecError(f"unknown model '{model}'; shipped models: {_names()}, or pass a path to a .toml file")
+    return _parse(cand.read_text(), str(cand))
+
+
+def spec_from_text(text: str, where: str = "<saved spec>") -> ModelSpec:
+    """Parse a spec from its TOML text (used when loading a saved fit)."""
+    return _parse(text, where)
+
+
+def _names() -> str:
+    try:
+        return ", ".join(sorted(p.stem for p in spec_dir().glob("*.toml")))
+    except SpecError:
+        return "(none)"
