@@ -1,0 +1,259 @@
+"""Fitting: sample the posterior, report convergence, keep everything in one DataTree.
+
+A :class:`FitResult` holds the ArviZ ``DataTree`` (``posterior``,
+``sample_stats``) plus a ``forecaster`` group with the validated input table
+and the model spec, so a saved fit is self-contained.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pymc as pm
+import xarray as xr
+
+from .data import CellData, load_table, summarize, validate
+from .errors import ForecasterError
+from .model import build_model, choose_parametrization
+from .spec import ModelSpec, load_spec
+
+__all__ = ["FitResult", "Diagnostics", "fit", "diagnose", "SAMPLERS", "STORED_COLUMNS"]
+
+SAMPLERS = ("nutpie", "pymc", "numpyro")
+#: Columns of the tidy table stored with a fit.
+STORED_COLUMNS = (
+    "family", "model", "task", "setting", "kind", "item", "compute", "n_tokens", "logprob", "correct",
+    "n_items", "ce", "n_correct",
+)
+RHAT_MAX = 1.01
+ESS_MIN = 400
+# Sampler internals and per-cell bookkeeping are left out of the convergence summary.
+_SKIP_DIAG = ("_z", "_c")
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """Convergence of a fit: worst R-hat, smallest bulk/tail ESS, divergent transitions."""
+
+    max_rhat: float
+    min_ess_bulk: float
+    min_ess_tail: float
+    divergences: int
+    n_samples: int
+    worst_rhat_var: str = ""
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def trusted(self) -> bool:
+        return not self.warnings
+
+    def lines(self) -> list[str]:
+        return [
+            f"max R-hat {self.max_rhat:.3f} ({self.worst_rhat_var})",
+            f"min ESS bulk {self.min_ess_bulk:.0f}, tail {self.min_ess_tail:.0f} of {self.n_samples} draws",
+            f"divergences {self.divergences}",
+        ]
+
+
+def diagnose(tree: xr.DataTree) -> Diagnostics:
+    """Convergence diagnostics of a posterior, with warnings when it cannot be trusted."""
+    post = tree["posterior"].to_dataset()
+    names = [v for v in post.data_vars if not v.endswith(_SKIP_DIAG)]
+    n_chains, n_draws = post.sizes["chain"], post.sizes["draw"]
+    rhat = az.rhat(post[names])
+    ess_b = az.ess(post[names], method="bulk")
+    ess_t = az.ess(post[names], method="tail")
+
+    def worst(ds: xr.Dataset, fn) -> tuple[float, str]:
+        vals = {k: float(fn(ds[k].values)) for k in ds.data_vars if np.isfinite(ds[k].values).any()}
+        if not vals:
+            return float("nan"), ""
+        k = max(vals, key=vals.get) if fn is np.nanmax else min(vals, key=vals.get)
+        return vals[k], k
+
+    max_rhat, worst_var = worst(rhat, np.nanmax)
+    min_b, _ = worst(ess_b, np.nanmin)
+    min_t, _ = worst(ess_t, np.nanmin)
+    div = int(tree["sample_stats"]["diverging"].sum()) if "diverging" in tree["sample_stats"] else 0
+    msgs = []
+    if n_chains < 2:
+        msgs.append("only one chain: R-hat cannot detect non-convergence; run at least 2 chains")
+    if not (max_rhat <= RHAT_MAX):
+        msgs.append(f"R-hat {max_rhat:.3f} > {RHAT_MAX} for '{worst_var}': chains disagree; run longer (--tune, --draws)")
+    if not (min_b >= ESS_MIN and min_t >= ESS_MIN):
+        msgs.append(
+            f"effective sample size {min(min_b, min_t):.0f} < {ESS_MIN}: quantiles are noisy; increase --draws"
+        )
+    if div:
+        msgs.append(f"{div} divergent transitions: the posterior may be biased; treat the forecast with caution")
+    return Diagnostics(max_rhat, min_b, min_t, div, n_chains * n_draws, worst_var, tuple(msgs))
+
+
+@dataclass
+class FitResult:
+    """A fitted forecaster model.
+
+    Attributes
+    ----------
+    tree : xarray.DataTree
+        ``posterior``, ``sample_stats`` and ``forecaster`` (input table and spec).
+    data : pandas.DataFrame
+        The validated tidy input table.
+    spec : ModelSpec
+        The model specification used.
+    cells : CellData
+        Sufficient statistics the model was built from.
+    diagnostics : Diagnostics
+        Convergence summary.
+    """
+
+    tree: xr.DataTree
+    data: pd.DataFrame
+    spec: ModelSpec
+    cells: CellData
+    diagnostics: Diagnostics
+    options: dict = field(default_factory=dict)
+
+    @property
+    def posterior(self) -> xr.Dataset:
+        return self.tree["posterior"].to_dataset()
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.cells.tasks)
+
+    def summary(self) -> pd.DataFrame:
+        """Posterior summary (mean, sd, intervals, R-hat, ESS) of the main parameters."""
+        post = self.posterior
+        names = [v for v in post.data_vars if not v.endswith(_SKIP_DIAG) and v not in ("mu_cell", "eps")]
+        return az.summary(self.tree, var_names=names)
+
+
+def _to_dataset(df: pd.DataFrame) -> xr.Dataset:
+    out = {}
+    for col in STORED_COLUMNS:
+        if col not in df.columns:
+            continue
+        s = df[col]
+        if col in ("family", "model", "task", "setting", "kind", "item"):
+            out[col] = ("row", s.where(s.notna(), "").astype(str).to_numpy(dtype=object))
+        else:
+            out[col] = ("row", s.to_numpy(dtype=float))
+    return xr.Dataset(out)
+
+
+def table_from_dataset(ds: xr.Dataset) -> pd.DataFrame:
+    """Inverse of the stored input table (strings back, empty items as NaN)."""
+    df = pd.DataFrame({k: ds[k].values for k in ds.data_vars})
+    for col in ("family", "model", "task", "setting", "kind", "item"):
+        if col in df.columns:
+            df[col] = df[col].astype(str)
+    if "item" in df.columns:
+        df.loc[df["item"] == "", "item"] = np.nan
+    return df
+
+
+def _check_sampler(sampler: str) -> None:
+    if sampler not in SAMPLERS:
+        raise ForecasterError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
+    if sampler == "numpyro" and importlib.util.find_spec("numpyro") is None:
+        raise ForecasterError("sampler 'numpyro' needs JAX and NumPyro: pip install 'forecaster[numpyro]'")
+    if sampler == "nutpie" and importlib.util.find_spec("nutpie") is None:
+        raise ForecasterError("sampler 'nutpie' is not installed: pip install nutpie, or use --sampler pymc")
+
+
+def fit(
+    data: pd.DataFrame | str | Path | list,
+    *,
+    model: str | Path | ModelSpec | None = None,
+    seed: int = 0,
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 4,
+    sampler: str = "nutpie",
+    target_accept: float = 0.9,
+    allow_single_compute: bool = False,
+    progressbar: bool = False,
+    c0: float | None = None,
+) -> FitResult:
+    """Fit the hierarchical scaling model.
+
+    Parameters
+    ----------
+    data : DataFrame, path or list of paths
+        The tidy table (validated here if it is not already).
+    model : str, path or ModelSpec, optional
+        Shipped spec name (``"default"``), path to a TOML spec, or a parsed spec.
+    seed : int
+        Random seed; the same data and seed give the same posterior.
+    draws, tune, chains : int
+        Posterior draws and tuning steps per chain, and the number of chains.
+    sampler : {"nutpie", "pymc", "numpyro"}
+        NUTS implementation.
+    target_accept : float
+        NUTS target acceptance rate.
+    allow_single_compute : bool
+        Fit tasks seen at a single compute through the pooled slope prior.
+    progressbar : bool
+        Show the sampler's progress bar.
+    c0 : float, optional
+        Centre of log10 compute (default: median over cells).
+
+    Returns
+    -------
+    FitResult
+    """
+    _check_sampler(sampler)
+    for name, val, lo in (("draws", draws, 1), ("tune", tune, 0), ("chains", chains, 1)):
+        if int(val) < lo:
+            raise ForecasterError(f"--{name} must be >= {lo}, got {val}")
+    if isinstance(data, pd.DataFrame):
+        table = data if "kind" in data.columns else validate(data, allow_single_compute=allow_single_compute)
+    else:
+        table = load_table(data, allow_single_compute=allow_single_compute)
+    spec = model if isinstance(model, ModelSpec) else load_spec(model)
+    cells = summarize(table, c0=c0)
+    pm_model = build_model(cells, spec)
+
+    kwargs = dict(
+        draws=int(draws), tune=int(tune), chains=int(chains), random_seed=int(seed), progressbar=progressbar,
+        target_accept=float(target_accept), compute_convergence_checks=False, nuts_sampler=sampler,
+    )
+    if sampler == "pymc":
+        kwargs["cores"] = min(int(chains), os.cpu_count() or 1)
+    with pm_model, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        idata = pm.sample(**kwargs)
+    tree = _tidy_tree(idata)
+    centered_task, _ = choose_parametrization(cells, spec)
+    options = dict(
+        seed=int(seed), draws=int(draws), tune=int(tune), chains=int(chains), sampler=sampler,
+        target_accept=float(target_accept), allow_single_compute=bool(allow_single_compute),
+        parametrization="centered" if centered_task.all() else "noncentered",
+    )
+    meta = _to_dataset(table)
+    meta.attrs.update(
+        spec_text=spec.text, spec_name=spec.name, c0=float(cells.c0),
+        settings=list(cells.settings), **{f"option_{k}": str(v) for k, v in options.items()},
+    )
+    tree["forecaster"] = xr.DataTree(meta)
+    return FitResult(tree=tree, data=table, spec=spec, cells=cells, diagnostics=diagnose(tree), options=options)
+
+
+def _tidy_tree(idata) -> xr.DataTree:
+    """Keep posterior and sample_stats (drop warm-up groups) as a DataTree."""
+    if not isinstance(idata, xr.DataTree):
+        idata = az.convert_to_datatree(idata)
+    keep = {}
+    for g in ("posterior", "sample_stats"):
+        if g in idata.children:
+            ds = idata[g].to_dataset()
+            keep[g] = xr.DataTree(ds)
+    return xr.DataTree(children=keep)

@@ -1,0 +1,260 @@
+"""Forecasts from a fit: per-draw crossing compute and metric values, summarized in a tidy table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .errors import QueryError
+from .fit import FitResult
+from .metrics import METRICS, check_threshold, crossing_log10_compute, metric_value, threshold_log_ce
+
+__all__ = ["Forecast", "forecast", "trend", "metric_curve", "quantile_name", "DEFAULT_QUANTILES", "MAX_LOG10_COMPUTE"]
+
+DEFAULT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+#: Crossings beyond this (log10 FLOPs) count as never reached.
+MAX_LOG10_COMPUTE = 35.0
+
+
+def quantile_name(q: float) -> str:
+    pct = q * 100
+    return f"q{int(round(pct)):02d}" if abs(pct - round(pct)) < 1e-9 else f"q{pct:g}"
+
+
+@dataclass
+class Forecast:
+    """Result of :func:`forecast`.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per (task, family, setting): quantiles of log10 crossing
+        compute (NaN = not reached below 1e35 FLOPs), ``prob_reached_by_budget``
+        and ``prob_unreached``.
+    draws : xarray.Dataset
+        Per draw: ``log10_compute`` (crossing, +inf when never) and, with
+        ``at``, ``metric_at`` (a new model's expected metric at each compute).
+    at_table : pandas.DataFrame or None
+        Posterior summary of the metric at the requested compute values.
+    """
+
+    table: pd.DataFrame
+    draws: xr.Dataset
+    at_table: pd.DataFrame | None = None
+
+    def records(self) -> list[dict]:
+        """JSON-ready records (NaN -> None); with ``at`` each record gets a ``metric_at`` list."""
+        recs = []
+        for _, row in self.table.iterrows():
+            rec = {k: (None if isinstance(v, float) and not np.isfinite(v) else _py(v)) for k, v in row.items()}
+            if self.at_table is not None:
+                sub = self.at_table[
+                    (self.at_table.task == row.task) & (self.at_table.family == row.family)
+                    & (self.at_table.setting == row.setting)
+                ]
+                rec["metric_at"] = [
+                    {k: _py(v) for k, v in r.items() if k not in ("task", "family", "setting", "metric", "k")}
+                    for _, r in sub.iterrows()
+                ]
+            recs.append(rec)
+        return recs
+
+
+def _py(v):
+    if isinstance(v, (np.floating, float)):
+        return float(v)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    return v
+
+
+def _select(name: str, requested: Sequence[str] | str | None, known: list[str]) -> list[str]:
+    if requested is None or (isinstance(requested, str) and requested == "all"):
+        return list(known)
+    if isinstance(requested, str):
+        requested = [requested]
+    for r in requested:
+        if r not in known:
+            raise QueryError(f"unknown {name} '{r}'; the fit knows: {', '.join(known)}")
+    return list(requested)
+
+
+def trend(fit: FitResult, tasks=None, families=None, settings=None) -> xr.Dataset:
+    """Per-draw trend of log CE: ``intercept`` (task, family, setting) and ``slope`` (task, setting) at ``x - c0``,
+    with ``sigma_item`` (task) and ``sigma_cell`` (scalar, 0 when the model has no cell deviations)."""
+    post = fit.posterior
+    cells = fit.cells
+    tasks = _select("task", tasks, cells.tasks)
+    families = _select("family", families, cells.families)
+    settings = _select("setting", settings, cells.settings)
+    a = post["a"].sel(task=tasks)
+    b = post["b"].sel(task=tasks)
+    fam = post["a_family"].sel(family=families) if "a_family" in post else xr.zeros_like(
+        xr.DataArray(np.zeros(len(families)), coords={"family": families}, dims="family"))
+    if "da" in post:
+        da = post["da"].sel(task=tasks, setting=settings)
+        db = post["db"].sel(task=tasks, setting=settings)
+    else:
+        zero = xr.DataArray(np.zeros((len(tasks), len(settings))), coords={"task": tasks, "setting": settings},
+                            dims=("task", "setting"))
+        da = db = zero
+    intercept = (a + fam + da).transpose("chain", "draw", "task", "family", "setting")
+    slope = (b + db).transpose("chain", "draw", "task", "setting")
+    sigma_item = post["sigma_item"].sel(task=tasks)
+    sigma_cell = post["sigma_cell"] if "sigma_cell" in post else xr.zeros_like(post["a"].isel(task=0, drop=True))
+    return xr.Dataset({"intercept": intercept, "slope": slope, "sigma_item": sigma_item, "sigma_cell": sigma_cell},
+                      attrs={"c0": cells.c0})
+
+
+def _task_k(fit: FitResult, tasks: list[str], k: float | None) -> xr.DataArray:
+    if k is None:
+        vals = [float(fit.cells.task_k[fit.cells.tasks.index(t)]) for t in tasks]
+    else:
+        if not k >= 1:
+            raise QueryError(f"--k must be >= 1 token, got {k:g}")
+        vals = [float(k)] * len(tasks)
+    return xr.DataArray(vals, coords={"task": tasks}, dims="task")
+
+
+def forecast(
+    fit: FitResult,
+    *,
+    metric: str = "exact_match",
+    threshold: float = 0.5,
+    k: float | None = None,
+    n: int = 1,
+    tasks: Sequence[str] | str | None = None,
+    families: Sequence[str] | str | None = None,
+    settings: Sequence[str] | str | None = None,
+    budget: float | None = None,
+    at: Sequence[float] | None = None,
+    quantiles: Sequence[float] = DEFAULT_QUANTILES,
+    seed: int = 0,
+) -> Forecast:
+    """Posterior of the compute at which ``metric`` reaches ``threshold``.
+
+    Parameters
+    ----------
+    fit : FitResult
+    metric : {"exact_match", "token_accuracy", "edit_distance", "pass_at_n"}
+    threshold : float
+        Level to reach (for ``edit_distance``: at most this many wrong tokens).
+    k : float, optional
+        Answer length in tokens (default: each task's mean answer length).
+    n : int
+        Samples for ``pass_at_n``.
+    tasks, families, settings : str or list, optional
+        Restrict the forecast (default: all).
+    budget : float, optional
+        Compute budget (FLOPs) for ``prob_reached_by_budget``.
+    at : list of float, optional
+        Compute values (FLOPs) at which to report the metric's posterior.
+    quantiles : list of float
+        Quantiles of log10 crossing compute to report.
+    seed : int
+        Seed for a new model's deviation from the trend in ``at``.
+
+    Returns
+    -------
+    Forecast
+    """
+    if metric not in METRICS:
+        raise QueryError(f"unknown metric '{metric}'; choose one of {', '.join(METRICS)}")
+    if int(n) < 1:
+        raise QueryError(f"--n must be >= 1 sample, got {n}")
+    for q in quantiles:
+        if not 0 < q < 1:
+            raise QueryError(f"quantile {q:g} is outside (0, 1); give e.g. 0.05,0.5,0.95")
+    if budget is not None and not budget > 0:
+        raise QueryError(f"--budget must be > 0 FLOPs, got {budget:g}")
+    tr = trend(fit, tasks, families, settings)
+    tasks_l = list(tr["task"].values)
+    kk = _task_k(fit, tasks_l, k)
+    c0 = fit.cells.c0
+
+    cross = []
+    for t in tasks_l:
+        kt = float(kk.sel(task=t))
+        check_threshold(metric, threshold, kt)
+        sig = tr["sigma_item"].sel(task=t).values
+        mu_star = threshold_log_ce(sig, metric, threshold, kt, int(n))  # (chain, draw)
+        x = crossing_log10_compute(
+            tr["intercept"].sel(task=t).values, tr["slope"].sel(task=t).values[..., None, :],
+            mu_star[..., None, None], c0,
+        )
+        cross.append(x)
+    log10_c = xr.DataArray(
+        np.stack(cross, axis=2), dims=("chain", "draw", "task", "family", "setting"),
+        coords={"chain": tr["chain"], "draw": tr["draw"], "task": tasks_l, "family": tr["family"].values,
+                "setting": tr["setting"].values},
+        name="log10_compute",
+    )
+    flat = log10_c.stack(sample=("chain", "draw")).transpose("task", "family", "setting", "sample").values
+    unreached = ~(flat <= MAX_LOG10_COMPUTE)
+    capped = np.where(unreached, np.inf, flat)
+    qs = np.quantile(capped, list(quantiles), axis=-1, method="linear")  # inf where beyond range
+    rows = []
+    for ti, t in enumerate(tasks_l):
+        for fi, f in enumerate(tr["family"].values):
+            for si, s in enumerate(tr["setting"].values):
+                row = {"task": t, "family": str(f), "setting": str(s), "metric": metric,
+                       "k": float(kk.sel(task=t)), "threshold": float(threshold)}
+                for qi, q in enumerate(quantiles):
+                    v = qs[qi, ti, fi, si]
+                    row[f"log10_compute_{quantile_name(q)}"] = float(v) if np.isfinite(v) else np.nan
+                cell = capped[ti, fi, si]
+                row["prob_reached_by_budget"] = (
+                    float(np.mean(cell <= np.log10(budget))) if budget is not None else np.nan
+                )
+                row["prob_unreached"] = float(np.mean(unreached[ti, fi, si]))
+                rows.append(row)
+    table = pd.DataFrame(rows)
+    if metric == "pass_at_n":
+        table.insert(5, "n", int(n))
+    draws = xr.Dataset({"log10_compute": log10_c}, attrs={"metric": metric, "threshold": threshold, "c0": c0})
+
+    at_table = None
+    if at:
+        at_vals = np.asarray(list(at), float)
+        if not np.all(at_vals > 0):
+            raise QueryError("--at values must be > 0 FLOPs, e.g. --at 1e23,1e24")
+        rng = np.random.default_rng(seed)
+        xs = xr.DataArray(np.log10(at_vals) - c0, coords={"compute": at_vals}, dims="compute")
+        dev = xr.DataArray(rng.standard_normal(tr["sigma_cell"].shape), dims=tr["sigma_cell"].dims) * tr["sigma_cell"]
+        lc = tr["intercept"] + tr["slope"] * xs + dev
+        vals = []
+        for t in tasks_l:
+            v = metric_value(
+                lc.sel(task=t).transpose("chain", "draw", "family", "setting", "compute").values,
+                tr["sigma_item"].sel(task=t).values[:, :, None, None, None], metric, float(kk.sel(task=t)), int(n),
+            )
+            vals.append(v)
+        metric_at = xr.DataArray(
+            np.stack(vals, axis=2), dims=("chain", "draw", "task", "family", "setting", "compute"),
+            coords={**{d: log10_c[d] for d in log10_c.dims}, "compute": at_vals}, name="metric_at",
+        )
+        draws["metric_at"] = metric_at
+        s = metric_at.stack(sample=("chain", "draw"))
+        summ = xr.Dataset({"mean": s.mean("sample")})
+        for q in quantiles:
+            summ[quantile_name(q)] = s.quantile(q, dim="sample").drop_vars("quantile")
+        at_table = summ.to_dataframe().reset_index()
+        at_table.insert(3, "metric", metric)
+        at_table.insert(4, "k", at_table["task"].map({t: float(kk.sel(task=t)) for t in tasks_l}))
+    return Forecast(table=table, draws=draws, at_table=at_table)
+
+
+def metric_curve(fit: FitResult, task: str, family: str, setting: str, metric: str, log10_grid: np.ndarray,
+                 k: float | None = None, n: int = 1) -> xr.DataArray:
+    """Per-draw expected metric on the trend (no new-model deviation) over a grid of log10 compute."""
+    tr = trend(fit, [task], [family], [setting])
+    kt = float(_task_k(fit, [task], k).values[0])
+    lc = (tr["intercept"].isel(task=0, family=0, setting=0).values[..., None]
+          + tr["slope"].isel(task=0, setting=0).values[..., None] * (np.asarray(log10_grid) - fit.cells.c0))
+    v = metric_value(lc, tr["sigma_item"].isel(task=0).values[..., None], metric, kt, int(n))
+    return xr.DataArray(v, dims=("chain", "draw", "log10_compute"),
+                        coords={"log10_compute": np.asarray(log10_grid)}, name=metric)

@@ -1,0 +1,64 @@
+"""Saving and loading fits (netCDF DataTree) and writing output files atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import xarray as xr
+
+from .data import summarize
+from .errors import FitFileError, ForecasterError
+from .fit import FitResult, diagnose, table_from_dataset
+from .spec import spec_from_text
+
+__all__ = ["save_fit", "load_fit", "atomic_path"]
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise ForecasterError(f"{path}: folder {path.parent} does not exist; create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent or ".")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    tmp_path.unlink()  # writers that append to an existing file must start from nothing
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def save_fit(result: FitResult, path: str | Path) -> Path:
+    """Write a fit to ``path`` (netCDF via h5netcdf), atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        result.tree.to_netcdf(tmp, engine="h5netcdf")
+    return path
+
+
+def load_fit(path: str | Path) -> FitResult:
+    """Read a fit written by :func:`save_fit` (or ``forecaster fit``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FitFileError(f"{path}: fit file not found; create one with 'forecaster fit DATA -o {path.name}'")
+    try:
+        with xr.open_datatree(path, engine="h5netcdf") as dt:
+            tree = dt.load()
+    except Exception as exc:
+        raise FitFileError(f"{path}: not a forecaster fit file ({type(exc).__name__}); pass a .nc written by 'forecaster fit'") from None
+    if "forecaster" not in tree.children or "posterior" not in tree.children:
+        raise FitFileError(f"{path}: netCDF file lacks the forecaster groups; pass a .nc written by 'forecaster fit'")
+    meta = tree["forecaster"].to_dataset()
+    table = table_from_dataset(meta)
+    spec = spec_from_text(str(meta.attrs["spec_text"]), f"{path} (saved spec)")
+    cells = summarize(table, c0=float(meta.attrs["c0"]))
+    options = {k[len("option_"):]: v for k, v in meta.attrs.items() if k.startswith("option_")}
+    return FitResult(tree=tree, data=table, spec=spec, cells=cells, diagnostics=diagnose(tree), options=options)

@@ -1,0 +1,101 @@
+"""Nonlinear metrics of the latent per-token log cross-entropy: numpy core, xarray wrapper.
+
+For a task whose items have log per-token CE ``N(mu, sigma**2)`` (``mu`` the
+typical item, ``sigma`` the item spread), the expected metric over items is
+
+* ``token_accuracy``: ``E[exp(-CE)]`` (per-token probability of the reference token);
+* ``exact_match``: ``E[exp(-k CE)]`` (all ``k`` tokens right);
+* ``edit_distance``: ``k * (1 - E[exp(-CE)])`` (expected wrong tokens out of ``k``; lower is better);
+* ``pass_at_n``: ``E[1 - (1 - exp(-k CE))**n]`` (exact match in at least one of ``n`` samples).
+
+All are monotone in ``mu``, so the compute at which a threshold is reached is
+found once per item spread on a lookup table of ``mu*(sigma)`` and then in
+closed form per draw: ``log10 C* = c0 + (mu* - intercept) / slope``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from .errors import QueryError
+from .quadrature import normal_nodes
+
+__all__ = ["METRICS", "metric_value", "threshold_log_ce", "crossing_log10_compute", "metric_da", "check_threshold"]
+
+#: metric -> True when larger is better
+METRICS = {"exact_match": True, "token_accuracy": True, "edit_distance": False, "pass_at_n": True}
+NODES = 64
+
+
+def _item_metric(log_ce: np.ndarray, metric: str, k: float, n: int) -> np.ndarray:
+    ce = np.exp(log_ce)
+    if metric == "token_accuracy":
+        return np.exp(-ce)
+    if metric == "exact_match":
+        return np.exp(-k * ce)
+    if metric == "edit_distance":
+        return k * -np.expm1(-ce)
+    if metric == "pass_at_n":
+        return -np.expm1(n * np.log1p(-np.exp(-k * ce)))
+    raise QueryError(f"unknown metric '{metric}'; choose one of {', '.join(METRICS)}")
+
+
+def metric_value(log_ce, sigma, metric: str, k: float = 1.0, n: int = 1, nodes: int = NODES) -> np.ndarray:
+    """Expected ``metric`` over items whose log CE is ``N(log_ce, sigma)`` (arrays broadcast)."""
+    z, w = normal_nodes(nodes)
+    lc = np.asarray(log_ce, float)[..., None] + np.asarray(sigma, float)[..., None] * z
+    with np.errstate(over="ignore", under="ignore", divide="ignore"):
+        return np.sum(_item_metric(lc, metric, k, n) * w, axis=-1)
+
+
+def check_threshold(metric: str, threshold: float, k: float) -> None:
+    if metric not in METRICS:
+        raise QueryError(f"unknown metric '{metric}'; choose one of {', '.join(METRICS)}")
+    hi = k if metric == "edit_distance" else 1.0
+    if not (0.0 < threshold < hi):
+        raise QueryError(
+            f"threshold {threshold:g} is outside (0, {hi:g}) for {metric}; "
+            + ("give expected wrong tokens out of k" if metric == "edit_distance" else "give a fraction such as 0.5")
+        )
+
+
+def threshold_log_ce(sigma, metric: str, threshold: float, k: float = 1.0, n: int = 1, nodes: int = NODES,
+                     grid_size: int = 257) -> np.ndarray:
+    """Log CE of the typical item at which the metric equals ``threshold``, for each item spread in ``sigma``.
+
+    Bisection on a grid of item spreads, then linear interpolation (exact at
+    ``sigma = 0``: ``log(-log(threshold) / k)`` for exact match).
+    """
+    check_threshold(metric, threshold, k)
+    sigma = np.asarray(sigma, float)
+    top = max(float(np.nanmax(sigma)) if sigma.size else 0.0, 1e-6) * 1.0001
+    grid = np.linspace(0.0, top, grid_size)
+    lo = np.full(grid_size, -60.0)
+    hi = np.full(grid_size, 30.0)
+    better_low = METRICS[metric]  # metric is better (larger) at low log CE
+    for _ in range(64):
+        mid = 0.5 * (lo + hi)
+        v = metric_value(mid, grid, metric, k, n, nodes)
+        reached = v >= threshold if better_low else v <= threshold
+        lo = np.where(reached, mid, lo)
+        hi = np.where(reached, hi, mid)
+    mu_star = 0.5 * (lo + hi)
+    return np.interp(sigma, grid, mu_star)
+
+
+def crossing_log10_compute(intercept, slope, mu_star, c0: float) -> np.ndarray:
+    """``log10 C*`` where ``intercept + slope * (x - c0)`` falls to ``mu_star``; ``+inf`` when the slope is >= 0."""
+    intercept, slope, mu_star = np.broadcast_arrays(*(np.asarray(v, float) for v in (intercept, slope, mu_star)))
+    out = np.full(intercept.shape, np.inf)
+    falling = slope < 0
+    out[falling] = c0 + (mu_star[falling] - intercept[falling]) / slope[falling]
+    # already past the threshold with a non-falling trend: reached at any compute
+    out[~falling & (intercept <= mu_star)] = -np.inf
+    return out
+
+
+def metric_da(log_ce: xr.DataArray, sigma: xr.DataArray, metric: str, k: float = 1.0, n: int = 1) -> xr.DataArray:
+    """xarray wrapper of :func:`metric_value` (dims broadcast by name)."""
+    lc, sg = xr.broadcast(log_ce, sigma)
+    return xr.DataArray(metric_value(lc.values, sg.values, metric, k, n), coords=lc.coords, dims=lc.dims, name=metric)
