@@ -67,9 +67,13 @@ def diagnose(tree: xr.DataTree) -> Diagnostics:
     post = tree["posterior"].to_dataset()
     names = [v for v in post.data_vars if not v.endswith(_SKIP_DIAG)]
     n_chains, n_draws = post.sizes["chain"], post.sizes["draw"]
-    rhat = az.rhat(post[names])
-    ess_b = az.ess(post[names], method="bulk")
-    ess_t = az.ess(post[names], method="tail")
+    # constant entries (the reference setting's zero effect) give 0/0 inside R-hat: skip them
+    names = [v for v in names if float(post[v].std()) > 0]
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rhat = az.rhat(post[names])
+        ess_b = az.ess(post[names], method="bulk")
+        ess_t = az.ess(post[names], method="tail")
 
     def worst(ds: xr.Dataset, fn) -> tuple[float, str]:
         vals = {k: float(fn(ds[k].values)) for k in ds.data_vars if np.isfinite(ds[k].values).any()}

@@ -213,9 +213,8 @@ def forecast(
                 row["prob_unreached"] = float(np.mean(unreached[ti, fi, si]))
                 rows.append(row)
     table = pd.DataFrame(rows)
-    if metric == "pass_at_n":
-        table.insert(5, "n", int(n))
-    draws = xr.Dataset({"log10_compute": log10_c}, attrs={"metric": metric, "threshold": threshold, "c0": c0})
+    draws = xr.Dataset({"log10_compute": log10_c},
+                       attrs={"metric": metric, "threshold": threshold, "c0": c0, "n": int(n)})
 
     at_table = None
     if at:

@@ -1,0 +1,335 @@
+"""The ``forecaster`` command line: parse, call the library, print, set the exit code.
+
+Exit codes: 0 success; 1 the posterior cannot be trusted under ``--strict``;
+2 bad input or query (one line on stderr, nothing written).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import ForecasterError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Bayesian scaling forecaster: when will a language-model capability cross a threshold?",
+)
+
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+FORMATS = ("table", "json", "csv")
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _run(fn):
+    """Call ``fn``; turn expected errors into one line and exit code 2, anything else into one line and 1."""
+    try:
+        return fn()
+    except typer.Exit:
+        raise
+    except ForecasterError as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as exc:  # never a traceback for the user; say what broke
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        _fail(f"unexpected {type(exc).__name__}: {first} (please report this)", 1)
+
+
+def _floats(text: Optional[str], what: str) -> Optional[list[float]]:
+    if text is None:
+        return None
+    try:
+        vals = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ForecasterError(f"--{what} takes comma-separated numbers, e.g. 1e23,1e24; got {text!r}") from None
+    if not vals:
+        raise ForecasterError(f"--{what} is empty; give comma-separated numbers")
+    return vals
+
+
+def _check_out(path: Path, suffixes: tuple[str, ...] | None = None) -> None:
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ForecasterError(f"{path}: output must end in {', '.join(suffixes)}")
+    if not path.parent.exists():
+        raise ForecasterError(f"{path}: folder {path.parent} does not exist; create it first")
+
+
+def _print_diagnostics(result) -> None:
+    from rich.console import Console
+
+    con = Console(stderr=True, highlight=False)
+    d = result.diagnostics
+    con.print(f"convergence: {'; '.join(d.lines())}")
+    if d.warnings:
+        con.print("[bold red]WARNING: this posterior cannot be trusted yet:[/]")
+        for w in d.warnings:
+            con.print(f"[red]  - {w}[/]")
+    else:
+        con.print("[green]converged: R-hat <= 1.01, ESS >= 400, no divergences[/]")
+
+
+def _load_inputs(data: list[Path], fmt: str, compute_table: Optional[Path], pool: bool):
+    from .data import load_table, validate
+
+    if fmt == "tidy":
+        return load_table(data, allow_single_compute=pool)
+    from .importers import import_results
+
+    df = import_results(fmt, [str(p) for p in data], compute_table=compute_table)
+    return validate(df, source=", ".join(map(str, data)), allow_single_compute=pool)
+
+
+@app.command()
+def fit(
+    data: Annotated[list[Path], typer.Argument(help="Tidy CSV/Parquet file(s), or result files with --from.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the fit (.nc).")],
+    model: Annotated[str, typer.Option(help="Shipped model name or path to a TOML spec.")] = "default",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    draws: Annotated[int, typer.Option(help="Posterior draws per chain.")] = 1000,
+    tune: Annotated[int, typer.Option(help="Tuning steps per chain.")] = 1000,
+    chains: Annotated[int, typer.Option(help="Number of chains.")] = 4,
+    sampler: Annotated[str, typer.Option(help="nutpie | pymc | numpyro")] = "nutpie",
+    target_accept: Annotated[float, typer.Option(help="NUTS target acceptance.")] = 0.9,
+    strict: Annotated[bool, typer.Option(help="Exit 1 when the posterior cannot be trusted.")] = False,
+    pool_single_compute: Annotated[bool, typer.Option(
+        help="Fit tasks seen at one compute only through the pooled slope prior.")] = False,
+    from_format: Annotated[str, typer.Option("--from", help="Input format: tidy | lm-eval | inspect | bigbench | long")] = "tidy",
+    compute_table: Annotated[Optional[Path], typer.Option(help="CSV: model -> params, tokens or compute.")] = None,
+) -> None:
+    """Fit the hierarchical scaling model and save the posterior."""
+
+    def go():
+        from . import fit as fitmod
+        from .io import save_fit
+
+        _check_out(output, (".nc",))
+        table = _load_inputs(data, from_format, compute_table, pool_single_compute)
+        result = fitmod.fit(
+            table, model=model, seed=seed, draws=draws, tune=tune, chains=chains, sampler=sampler,
+            target_accept=target_accept, allow_single_compute=pool_single_compute,
+            progressbar=sys.stderr.isatty(),
+        )
+        save_fit(result, output)
+        cells = result.cells
+        typer.echo(f"fit {len(cells.tasks)} tasks, {len(cells.families)} families, {len(cells.settings)} settings, "
+                   f"{cells.n_cells} cells -> {output}", err=True)
+        _print_diagnostics(result)
+        if strict and not result.diagnostics.trusted:
+            raise typer.Exit(1)
+
+    _run(go)
+
+
+def _write_table(df, fmt: str, output: Optional[Path], title: str, records=None) -> None:
+    import math
+
+    from .io import atomic_path
+
+    if fmt == "json":
+        text = json.dumps(records if records is not None else df.to_dict("records"), indent=2, allow_nan=False)
+    elif fmt == "csv":
+        text = df.to_csv(index=False)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=title)
+        for col in df.columns:
+            t.add_column(str(col).replace("log10_compute_", "log10 C ").replace("prob_", "P "), justify="right")
+        for _, row in df.iterrows():
+            cells = []
+            for v in row:
+                if isinstance(v, float):
+                    cells.append("not reached" if math.isnan(v) else f"{v:.3g}" if abs(v) < 1e-2 or abs(v) >= 1e4 else f"{v:.2f}")
+                else:
+                    cells.append(str(v))
+            t.add_row(*cells)
+        if output is None:
+            Console(width=200).print(t)
+            return
+        con = Console(record=True, width=200, file=open("/dev/null", "w"))
+        con.print(t)
+        text = con.export_text()
+    if output is None:
+        typer.echo(text)
+    else:
+        with atomic_path(output) as tmp:
+            tmp.write_text(text)
+
+
+@app.command()
+def forecast(
+    fit_file: Annotated[Path, typer.Argument(metavar="FIT.nc", help="A fit written by 'forecaster fit'.")],
+    metric: Annotated[str, typer.Option(help="exact_match | token_accuracy | edit_distance | pass_at_n")] = "exact_match",
+    threshold: Annotated[float, typer.Option(help="Level to reach (edit_distance: at most this many wrong tokens).")] = 0.5,
+    k: Annotated[Optional[float], typer.Option(help="Answer length in tokens (default: each task's own).")] = None,
+    n: Annotated[int, typer.Option(help="Samples for pass_at_n.")] = 1,
+    task: Annotated[Optional[list[str]], typer.Option(help="Task(s) to forecast (default all).")] = None,
+    family: Annotated[Optional[list[str]], typer.Option(help="Family/families (default all).")] = None,
+    setting: Annotated[Optional[list[str]], typer.Option(help="Setting(s) (default all).")] = None,
+    budget: Annotated[Optional[float], typer.Option(help="Compute budget in FLOPs for P(reached by budget).")] = None,
+    at: Annotated[Optional[str], typer.Option(help="Compute values for the metric's posterior, e.g. 1e23,1e24.")] = None,
+    quantiles: Annotated[str, typer.Option(help="Quantiles of log10 crossing compute.")] = "0.05,0.25,0.5,0.75,0.95",
+    fmt: Annotated[str, typer.Option("--format", help="table | json | csv")] = "table",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Posterior of the compute at which a metric crosses a threshold."""
+
+    def go():
+        from .forecast import forecast as run_forecast
+        from .io import load_fit
+
+        if fmt not in FORMATS:
+            raise ForecasterError(f"unknown --format '{fmt}'; choose one of {', '.join(FORMATS)}")
+        if output is not None:
+            _check_out(output)
+        qs = _floats(quantiles, "quantiles")
+        at_vals = _floats(at, "at")
+        result = load_fit(fit_file)
+        fc = run_forecast(result, metric=metric, threshold=threshold, k=k, n=n, tasks=task or None,
+                          families=family or None, settings=setting or None, budget=budget, at=at_vals,
+                          quantiles=qs)
+        title = f"{metric} >= {threshold:g}" if metric != "edit_distance" else f"{metric} <= {threshold:g}"
+        if not result.diagnostics.trusted:
+            typer.echo("warning: the fit's posterior did not converge cleanly (see 'forecaster summary'); "
+                       "treat these numbers with caution", err=True)
+        if fmt == "json":
+            _write_table(fc.table, fmt, output, title, records=fc.records())
+        elif fmt == "csv" and fc.at_table is not None and output is None:
+            _write_table(fc.table, fmt, None, title)
+            _write_table(fc.at_table, fmt, None, "metric at compute")
+        else:
+            _write_table(fc.table, fmt, output, f"compute (log10 FLOPs) at which {title}")
+            if fc.at_table is not None and fmt == "table" and output is None:
+                _write_table(fc.at_table, fmt, None, f"{metric} of a new model at chosen compute")
+
+    _run(go)
+
+
+@app.command()
+def plot(
+    fit_file: Annotated[Path, typer.Argument(metavar="FIT.nc")],
+    task: Annotated[str, typer.Option(help="Task to draw, or 'all' for a grid.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="out.png | out.svg | out.pdf")],
+    family: Annotated[Optional[str], typer.Option(help="Family (default: first).")] = None,
+    setting: Annotated[Optional[str], typer.Option(help="Setting (default: reference).")] = None,
+    metric: Annotated[str, typer.Option()] = "exact_match",
+    k: Annotated[Optional[float], typer.Option(help="Answer length in tokens (default: the task's own).")] = None,
+    n: Annotated[int, typer.Option(help="Samples for pass_at_n.")] = 1,
+    threshold: Annotated[Optional[float], typer.Option()] = None,
+) -> None:
+    """Observed points, posterior bands, threshold and crossing density."""
+
+    def go():
+        from .io import atomic_path, load_fit
+        from .plotting import plot_forecast
+
+        _check_out(output, PLOT_SUFFIXES)
+        result = load_fit(fit_file)
+        fig = plot_forecast(result, task, family=family, setting=setting, metric=metric, k=k, n=n,
+                            threshold=threshold)
+        with atomic_path(output) as tmp:
+            fig.savefig(tmp, format=output.suffix.lstrip(".").lower(), bbox_inches="tight", dpi=120)
+        typer.echo(f"wrote {output}", err=True)
+
+    _run(go)
+
+
+@app.command()
+def summary(fit_file: Annotated[Path, typer.Argument(metavar="FIT.nc")]) -> None:
+    """Parameters and convergence diagnostics of a saved fit."""
+
+    def go():
+        import pandas as pd
+
+        from .io import load_fit
+
+        result = load_fit(fit_file)
+        c = result.cells
+        typer.echo(f"model spec: {result.spec.name}; tasks: {', '.join(c.tasks)}; families: {', '.join(c.families)}; "
+                   f"settings: {', '.join(c.settings)} (reference: {c.settings[0]}); c0 = {c.c0:g} (log10 FLOPs)")
+        typer.echo("options: " + ", ".join(f"{k}={v}" for k, v in result.options.items()))
+        with pd.option_context("display.width", 200, "display.max_rows", 500):
+            typer.echo(result.summary().to_string())
+        _print_diagnostics(result)
+
+    _run(go)
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the demo's fit, table and plot.")] = Path(
+        "forecaster-demo"),
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """The whole job on the embedded demo dataset: fit, forecast table, plot."""
+
+    def go():
+        from .fit import fit as run_fit
+        from .forecast import forecast as run_forecast
+        from .io import atomic_path, save_fit
+        from .plotting import plot_forecast
+        from .simulate import demo_data
+
+        output.mkdir(parents=True, exist_ok=True)
+        data = demo_data()
+        with atomic_path(output / "demo-data.csv") as tmp:
+            data.to_csv(tmp, index=False)
+        typer.echo(f"demo data: {len(data)} rows, tasks {', '.join(sorted(data.task.unique()))} -> "
+                   f"{output / 'demo-data.csv'}", err=True)
+        result = run_fit(data, seed=seed, progressbar=sys.stderr.isatty())
+        save_fit(result, output / "demo-fit.nc")
+        _print_diagnostics(result)
+        fc = run_forecast(result, metric="exact_match", threshold=0.5, families=[result.cells.families[0]],
+                          budget=1e23)
+        _write_table(fc.table, "table", None, "compute (log10 FLOPs) at which exact match >= 0.5")
+        with atomic_path(output / "demo-forecast.csv") as tmp:
+            fc.table.to_csv(tmp, index=False)
+        fig = plot_forecast(result, "all", metric="exact_match", threshold=0.5)
+        with atomic_path(output / "demo-forecast.png") as tmp:
+            fig.savefig(tmp, format="png", bbox_inches="tight", dpi=110)
+        typer.echo(f"wrote {output / 'demo-fit.nc'}, {output / 'demo-forecast.csv'}, {output / 'demo-forecast.png'}",
+                   err=True)
+
+    _run(go)
+
+
+@app.command("import")
+def import_cmd(
+    fmt: Annotated[str, typer.Argument(metavar="FORMAT", help="lm-eval | inspect | bigbench | long")],
+    paths: Annotated[list[Path], typer.Argument(help="Result files or folders.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Tidy CSV to write.")],
+    compute_table: Annotated[Optional[Path], typer.Option(help="CSV: model -> params, tokens or compute.")] = None,
+) -> None:
+    """Convert evaluation logs to the tidy input table."""
+
+    def go():
+        from .data import validate
+        from .importers import import_results
+        from .io import atomic_path
+
+        _check_out(output, (".csv",))
+        df = import_results(fmt, [str(p) for p in paths], compute_table=compute_table)
+        validate(df, source=", ".join(map(str, paths)), allow_single_compute=True)
+        with atomic_path(output) as tmp:
+            df.to_csv(tmp, index=False)
+        typer.echo(f"wrote {len(df)} rows -> {output}", err=True)
+
+    _run(go)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
