@@ -108,12 +108,12 @@ def fit(
     """Fit the hierarchical scaling model and save the posterior."""
 
     def go():
-        from . import fit as fitmod
+        from .fit import fit as run_fit
         from .io import save_fit
 
         _check_out(output, (".nc",))
         table = _load_inputs(data, from_format, compute_table, pool_single_compute)
-        result = fitmod.fit(
+        result = run_fit(
             table, model=model, seed=seed, draws=draws, tune=tune, chains=chains, sampler=sampler,
             target_accept=target_accept, allow_single_compute=pool_single_compute,
             progressbar=sys.stderr.isatty(),

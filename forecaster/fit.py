@@ -137,7 +137,9 @@ class FitResult:
         """Posterior summary (mean, sd, intervals, R-hat, ESS) of the main parameters."""
         post = self.posterior
         names = [v for v in post.data_vars if not v.endswith(_SKIP_DIAG) and v not in ("mu_cell", "eps")]
-        return az.summary(self.tree, var_names=names)
+        with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return az.summary(self.tree, var_names=names)
 
 
 def _to_dataset(df: pd.DataFrame) -> xr.Dataset:

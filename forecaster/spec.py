@@ -7,6 +7,7 @@ edited copy.
 
 from __future__ import annotations
 
+import inspect
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,8 +98,19 @@ def _parse(text: str, where: str) -> ModelSpec:
         dist = getattr(pm, str(p["dist"]), None)
         if dist is None or not isinstance(dist, type) or not issubclass(dist, pm.Distribution):
             raise SpecError(f"{where}: prior '{name}' names unknown distribution {p['dist']!r}; use a PyMC name such as Normal")
+        params = {k: v for k, v in p.items() if k != "dist"}
+        allowed = {
+            n for n, par in inspect.signature(dist.dist).parameters.items()
+            if par.kind not in (par.VAR_KEYWORD, par.VAR_POSITIONAL)
+        } - {"cls", "args", "kwargs"}
+        unknown = sorted(set(params) - allowed)
+        if unknown:
+            raise SpecError(
+                f"{where}: prior '{name}' has bad parameters ({', '.join(unknown)} not a parameter of "
+                f"{p['dist']}; it takes {', '.join(sorted(allowed))})"
+            )
         try:
-            dist.dist(**{k: v for k, v in p.items() if k != "dist"})
+            dist.dist(**params)
         except Exception as exc:  # wrong parameter names or values
             raise SpecError(f"{where}: prior '{name}' has bad parameters ({exc}); check the PyMC docs for {p['dist']}") from None
     name = raw.get("meta", {}).get("name", Path(where).stem)

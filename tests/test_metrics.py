@@ -1,0 +1,87 @@
+"""Closed forms and monotonicity of the metric maths (numpy core)."""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from forecaster.errors import QueryError
+from forecaster.metrics import crossing_log10_compute, metric_da, metric_value, threshold_log_ce
+
+
+@pytest.mark.parametrize("k,tau", [(1, 0.5), (5, 0.5), (5, 0.9), (12, 0.1)])
+def test_crossing_closed_form_without_heterogeneity(k, tau):
+    # p^k with p = exp(-CE): log10 C* = c0 + (ln(-ln tau / k) - a) / b
+    a, b, c0 = 0.4, -0.35, 20.0
+    mu_star = threshold_log_ce(np.array([0.0]), "exact_match", tau, k)
+    x = crossing_log10_compute(a, b, mu_star, c0)
+    expected = c0 + (np.log(-np.log(tau) / k) - a) / b
+    assert x[0] == pytest.approx(expected, abs=1e-6)
+
+
+def test_exact_match_is_p_to_the_k_without_heterogeneity():
+    mu = np.linspace(-4, 1, 11)
+    p = np.exp(-np.exp(mu))
+    np.testing.assert_allclose(metric_value(mu, 0.0, "exact_match", k=7), p**7, rtol=1e-12)
+    np.testing.assert_allclose(metric_value(mu, 0.0, "token_accuracy"), p, rtol=1e-12)
+    np.testing.assert_allclose(metric_value(mu, 0.0, "edit_distance", k=7), 7 * (1 - p), rtol=1e-12)
+    np.testing.assert_allclose(metric_value(mu, 0.0, "pass_at_n", k=3, n=4), 1 - (1 - p**3) ** 4, rtol=1e-10)
+
+
+@pytest.mark.parametrize("metric,k,n", [("exact_match", 5, 1), ("token_accuracy", 1, 1), ("pass_at_n", 4, 10),
+                                        ("edit_distance", 6, 1)])
+def test_item_heterogeneity_matches_monte_carlo(metric, k, n):
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal(400_000)
+    for mu, sigma in [(-1.5, 1.0), (-0.3, 2.0), (0.5, 0.4)]:
+        lc = mu + sigma * z
+        ce = np.exp(lc)
+        mc = {
+            "exact_match": np.exp(-k * ce), "token_accuracy": np.exp(-ce), "edit_distance": k * (1 - np.exp(-ce)),
+            "pass_at_n": 1 - (1 - np.exp(-k * ce)) ** n,
+        }[metric].mean()
+        scale = k if metric == "edit_distance" else 1.0
+        assert metric_value(mu, sigma, metric, k, n) == pytest.approx(mc, abs=4e-3 * scale)
+
+
+def test_threshold_lookup_inverts_the_metric():
+    sig = np.array([0.0, 0.3, 0.9, 1.7, 2.6])
+    for metric, tau, k in [("exact_match", 0.5, 5), ("pass_at_n", 0.8, 3), ("edit_distance", 1.0, 6)]:
+        mu_star = threshold_log_ce(sig, metric, tau, k, n=5)
+        back = metric_value(mu_star, sig, metric, k, n=5)
+        np.testing.assert_allclose(back, tau, atol=2e-3)
+
+
+def test_heterogeneity_shifts_the_crossing():
+    # with spread across items, half the items are easy: exact match 0.5 needs a lower typical CE at k=5
+    mu0 = threshold_log_ce(np.array([0.0]), "exact_match", 0.5, 5)[0]
+    mu2 = threshold_log_ce(np.array([2.0]), "exact_match", 0.5, 5)[0]
+    assert mu2 != pytest.approx(mu0, abs=0.05)
+
+
+def test_metrics_monotone_in_log_ce():
+    mu = np.linspace(-6, 3, 200)
+    for metric in ("exact_match", "token_accuracy", "pass_at_n"):
+        v = metric_value(mu, 1.0, metric, k=4, n=3)
+        assert np.all(np.diff(v) <= 1e-12)
+    v = metric_value(mu, 1.0, "edit_distance", k=4)
+    assert np.all(np.diff(v) >= -1e-12)
+
+
+def test_non_falling_trend_never_crosses():
+    x = crossing_log10_compute(np.array([1.0, 1.0]), np.array([0.0, 0.1]), np.array([-1.0, -1.0]), 20.0)
+    assert np.all(np.isinf(x)) and np.all(x > 0)
+
+
+def test_bad_threshold_and_metric():
+    with pytest.raises(QueryError, match="outside"):
+        threshold_log_ce(np.array([1.0]), "exact_match", 1.5, 3)
+    with pytest.raises(QueryError, match="unknown metric"):
+        metric_value(0.0, 1.0, "bleu")
+
+
+def test_xarray_wrapper_broadcasts_by_name():
+    lc = xr.DataArray(np.zeros((2, 3)), dims=("draw", "compute"))
+    sg = xr.DataArray(np.ones(2), dims="draw")
+    out = metric_da(lc, sg, "exact_match", k=2)
+    assert out.dims == ("draw", "compute") and out.shape == (2, 3)
+    assert float(out[0, 0]) == pytest.approx(metric_value(0.0, 1.0, "exact_match", 2))

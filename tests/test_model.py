@@ -1,0 +1,86 @@
+"""Structure of the model builder: pure (data + spec in, pm.Model out), priors from the spec."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pymc as pm
+import pytest
+
+from forecaster.data import summarize, validate
+from forecaster.errors import SpecError
+from forecaster.model import build_model, choose_parametrization
+from forecaster.simulate import TaskTruth, simulate
+from forecaster.spec import load_spec
+
+
+def test_demo_model_structure(demo_table):
+    cells = summarize(demo_table)
+    m = build_model(cells, load_spec())
+    assert isinstance(m, pm.Model)
+    names = {v.name for v in m.free_RVs}
+    assert {"mu_a", "sigma_a", "mu_b", "sigma_b", "a", "b", "a_family", "sigma_item", "sigma_cell"} <= names
+    obs = {v.name for v in m.observed_RVs}
+    # per-item log-probs (balanced groups), aggregate CE and exact-match counts all enter
+    assert {"obs_item_mean_bal", "obs_group_ss_res", "obs_group_ss_items", "obs_ce", "obs_em"} <= obs
+    assert m.coords["task"] == tuple(cells.tasks) or list(m.coords["task"]) == cells.tasks
+    assert list(m.coords["setting"]) == ["0-shot", "5-shot"]
+    # the number of observations grows with cells, not items: 60 items per cell here
+    n_obs = sum(int(np.prod(m.rvs_to_values[v].type.shape or (1,))) for v in m.observed_RVs)
+    assert n_obs < 3 * cells.n_cells
+    assert np.isfinite(m.compile_logp()(m.initial_point()))
+
+
+def test_single_family_single_setting_drops_effects():
+    sc = simulate([TaskTruth("t", a=0.0, b=-0.4, kind="aggregate")], n_items=50, seed=1)
+    cells = summarize(validate(sc.data))
+    m = build_model(cells, load_spec())
+    names = {v.name for v in m.free_RVs}
+    assert "a_family" not in names and "da_z" not in names
+
+
+def test_priors_come_from_the_spec(tmp_path, demo_table):
+    text = load_spec().text.replace('mu_b = { dist = "Normal", mu = -0.3, sigma = 0.3 }',
+                                    'mu_b = { dist = "Normal", mu = -2.0, sigma = 0.01 }')
+    p = tmp_path / "tight.toml"
+    p.write_text(text)
+    spec = load_spec(p)
+    m = build_model(summarize(demo_table), spec)
+    draws = pm.draw(m["mu_b"], draws=200, random_seed=1)
+    assert abs(draws.mean() + 2.0) < 0.01
+
+
+def test_parametrization_by_data(demo_table):
+    cells = summarize(demo_table)
+    spec = load_spec()
+    tasks_c, cells_c = choose_parametrization(cells, spec)
+    assert tasks_c.all() and not cells_c.any()  # demo tasks have >= 4 compute levels
+    few = dataclasses.replace(spec, structure={**spec.structure, "auto_centered_min_levels": 50})
+    tasks_c, _ = choose_parametrization(cells, few)
+    assert not tasks_c.any()
+    m = build_model(cells, few)
+    assert "a_z" in {v.name for v in m.free_RVs}
+
+
+@pytest.mark.parametrize("edit,expect", [
+    ("[structure]\nparametrization = \"sideways\"", "choose one of"),
+    ("DEFAULT:mu_a = { dist = \"NoSuchDist\" }", "unknown distribution"),
+    ("DEFAULT:mu_a = { dist = \"Normal\", mean = 0 }", "bad parameters"),
+    ("[priors]\nmu_a = { dist = \"Normal\", mu = 0, sigma = 1 }", "lacks 'sigma_a'"),
+    ("this is = not toml [", "not valid TOML"),
+])
+def test_bad_spec_files(tmp_path, edit, expect):
+    p = tmp_path / "bad.toml"
+    if edit.startswith("DEFAULT:"):
+        default = load_spec().text
+        line = next(x for x in default.splitlines() if x.startswith("mu_a ="))
+        edit = default.replace(line, edit[len("DEFAULT:"):])
+    p.write_text(edit)
+    with pytest.raises(SpecError, match=expect):
+        load_spec(p)
+
+
+def test_unknown_spec_name():
+    with pytest.raises(SpecError, match="unknown model"):
+        load_spec("nonexistent-model")

@@ -1,0 +1,119 @@
+"""The pipeline with tiny draws and fixed seeds: fit -> save -> load -> forecast/plot, through library and CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import forecaster as fc
+from forecaster.cli import app
+
+runner = CliRunner()
+JSON_KEYS = ["task", "family", "setting", "metric", "k", "threshold", "log10_compute_q05", "log10_compute_q25",
+             "log10_compute_q50", "log10_compute_q75", "log10_compute_q95", "prob_reached_by_budget",
+             "prob_unreached"]
+
+
+def test_fit_result_and_diagnostics(tiny_fit):
+    d = tiny_fit.diagnostics
+    assert d.n_samples == 120
+    assert np.isfinite(d.max_rhat) and d.divergences >= 0
+    # 60 draws cannot give ESS >= 400: the fit must say it is not trustworthy
+    assert not d.trusted and any("effective sample size" in w for w in d.warnings)
+    post = tiny_fit.posterior
+    assert set(post["a"].dims) == {"chain", "draw", "task"}
+
+
+def test_save_load_roundtrip(tiny_fit, tiny_fit_file):
+    loaded = fc.load_fit(tiny_fit_file)
+    np.testing.assert_array_equal(loaded.posterior["b"].values, tiny_fit.posterior["b"].values)
+    assert loaded.cells.tasks == tiny_fit.cells.tasks and loaded.cells.c0 == tiny_fit.cells.c0
+    assert loaded.spec.priors == tiny_fit.spec.priors
+    a = fc.forecast(tiny_fit, threshold=0.5).table
+    b = fc.forecast(loaded, threshold=0.5).table
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_same_seed_same_forecast(demo_table):
+    t = [fc.forecast(fc.fit(demo_table, seed=11, draws=30, tune=30, chains=2), budget=1e22).table for _ in range(2)]
+    pd.testing.assert_frame_equal(t[0], t[1])
+
+
+def test_forecast_table_and_draws(tiny_fit):
+    f = fc.forecast(tiny_fit, metric="exact_match", threshold=0.5, budget=1e23, at=[1e21, 1e24],
+                    quantiles=(0.1, 0.5, 0.9))
+    assert list(f.table.columns[:6]) == ["task", "family", "setting", "metric", "k", "threshold"]
+    assert {"log10_compute_q10", "log10_compute_q50", "log10_compute_q90"} <= set(f.table.columns)
+    assert len(f.table) == 4 * 2 * 2
+    q = f.table[["log10_compute_q10", "log10_compute_q50", "log10_compute_q90"]].to_numpy()
+    ok = np.isfinite(q).all(axis=1)
+    assert np.all(np.diff(q[ok], axis=1) >= 0)
+    assert f.table.prob_reached_by_budget.between(0, 1).all()
+    assert f.draws["log10_compute"].sizes["draw"] == 60
+    # a new model's metric grows with compute
+    at = f.at_table.pivot_table(index=["task", "family", "setting"], columns="compute", values="q50")
+    assert (at[1e24] >= at[1e21]).all()
+
+
+def test_unreached_is_null_not_a_number(tiny_fit):
+    # a threshold so strict that nothing reaches it below 1e35 FLOPs
+    f = fc.forecast(tiny_fit, metric="exact_match", threshold=0.999999, k=50, tasks="qa-flat")
+    assert (f.table.prob_unreached > 0.5).all()
+    rec = f.records()[0]
+    assert rec["log10_compute_q95"] is None
+
+
+def test_cli_forecast_json_keys_and_atomic_output(tiny_fit_file, tmp_path):
+    out = tmp_path / "f.json"
+    res = runner.invoke(app, ["forecast", str(tiny_fit_file), "--metric", "exact_match", "--k", "5",
+                              "--threshold", "0.5", "--task", "arith-steep", "--budget", "1e24", "--format", "json",
+                              "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    recs = json.loads(out.read_text())
+    assert recs and all(list(r) == JSON_KEYS for r in recs)
+    assert all(r["task"] == "arith-steep" and r["k"] == 5 for r in recs)
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_cli_table_csv_summary_plot(tiny_fit_file, tmp_path):
+    res = runner.invoke(app, ["forecast", str(tiny_fit_file), "--family", "alpha", "--at", "1e22"])
+    assert res.exit_code == 0 and "arith-steep" in res.stdout
+    res = runner.invoke(app, ["forecast", str(tiny_fit_file), "--format", "csv", "--metric", "token_accuracy",
+                              "--threshold", "0.6"])
+    assert res.exit_code == 0 and res.stdout.startswith("task,family,setting,metric")
+    res = runner.invoke(app, ["summary", str(tiny_fit_file)])
+    assert res.exit_code == 0 and "sigma_item" in res.stdout and "R-hat" in res.stderr
+    for ext in ("png", "svg", "pdf"):
+        out = tmp_path / f"p.{ext}"
+        res = runner.invoke(app, ["plot", str(tiny_fit_file), "--task", "arith-steep", "--metric", "exact_match",
+                                  "--threshold", "0.5", "-o", str(out)])
+        assert res.exit_code == 0, res.output
+        assert out.stat().st_size > 1000
+    res = runner.invoke(app, ["plot", str(tiny_fit_file), "--task", "all", "-o", str(tmp_path / "p.gif")])
+    assert res.exit_code == 2 and "must end in" in res.stderr
+
+
+def test_cli_fit_strict_exit_code(tmp_path):
+    src = tmp_path / "demo.csv"
+    fc.demo_data().to_csv(src, index=False)
+    out = tmp_path / "fit.nc"
+    res = runner.invoke(app, ["fit", str(src), "-o", str(out), "--draws", "20", "--tune", "20", "--chains", "2",
+                              "--strict"])
+    assert res.exit_code == 1, res.output  # 20 draws cannot be trusted
+    assert "WARNING" in res.stderr and "R-hat" in res.stderr
+    assert out.exists()  # the fit is still written; --strict only sets the exit code
+
+
+@pytest.mark.slow
+def test_demo_command(tmp_path):
+    res = runner.invoke(app, ["demo", "-o", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    for name in ("demo-fit.nc", "demo-forecast.csv", "demo-forecast.png", "demo-data.csv"):
+        assert (tmp_path / name).stat().st_size > 0
+    table = pd.read_csv(tmp_path / "demo-forecast.csv")
+    assert {"log10_compute_q50", "prob_reached_by_budget"} <= set(table.columns)
+    assert "converged" in res.stderr, res.stderr
