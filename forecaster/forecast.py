@@ -196,7 +196,8 @@ def forecast(
     flat = log10_c.stack(sample=("chain", "draw")).transpose("task", "family", "setting", "sample").values
     unreached = ~(flat <= MAX_LOG10_COMPUTE)
     capped = np.where(unreached, np.inf, flat)
-    qs = np.quantile(capped, list(quantiles), axis=-1, method="linear")  # inf where beyond range
+    with np.errstate(invalid="ignore"):
+        qs = np.quantile(capped, list(quantiles), axis=-1, method="linear")  # inf where beyond range
     rows = []
     for ti, t in enumerate(tasks_l):
         for fi, f in enumerate(tr["family"].values):

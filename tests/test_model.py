@@ -55,7 +55,7 @@ def test_parametrization_by_data(demo_table):
     cells = summarize(demo_table)
     spec = load_spec()
     tasks_c, cells_c = choose_parametrization(cells, spec)
-    assert tasks_c.all() and not cells_c.any()  # demo tasks have >= 4 compute levels
+    assert tasks_c.all() and not cells_c.any()  # demo: >= 4 compute levels, 60 items a cell
     few = dataclasses.replace(spec, structure={**spec.structure, "auto_centered_min_levels": 50})
     tasks_c, _ = choose_parametrization(cells, few)
     assert not tasks_c.any()

@@ -11,15 +11,13 @@ import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from forecaster.errors import QueryError  # noqa: E402
-from forecaster.fit import fit as run_fit  # noqa: E402
 from forecaster.forecast import forecast  # noqa: E402
 from forecaster.plotting import plot_crossing, plot_forecast  # noqa: E402
-from forecaster.simulate import demo_data  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def small_fit():
-    return run_fit(demo_data(), draws=50, tune=50, chains=2, seed=1)
+def small_fit(tiny_fit):
+    return tiny_fit
 
 
 def _line(ax, prefix: str):
