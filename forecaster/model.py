@@ -32,21 +32,19 @@ def choose_parametrization(cells: CellData, spec: ModelSpec) -> tuple[np.ndarray
     ``centered``/``noncentered`` in the spec apply to all. ``auto`` decides by
     data: centered everywhere when the median task is seen at no fewer than
     ``auto_centered_min_levels`` distinct compute levels, else non-centered.
-    Cell deviations: centered for cells observed through at least
-    ``auto_cell_centered_min_items`` items (a per-item mean, an aggregate CE or a
-    count), whose data pin the deviation tighter than ``sigma_cell``; the
-    others non-centered. Measured on the demo data (4 tasks, 72 cells of 60
-    items): all centered gave ``sigma_cell`` R-hat 1.23 and ESS 14; tasks
-    centered with non-centered cells R-hat 1.01, ESS 359. On Pythia LAMBADA
-    (5153 items a cell) non-centered cells gave R-hat 2.1.
+    Cell deviations are non-centered: their data rarely pin them tighter than
+    ``sigma_cell``. Measured on the demo data (4 tasks, 72 cells of 60 items):
+    all centered gave ``sigma_cell`` R-hat 1.23 and ESS 14; tasks centered
+    with non-centered cells R-hat 1.01, ESS 359. Centering cells of >= 100
+    items failed on simulated aggregate data (R-hat 1.8) and did not help on
+    Pythia LAMBADA.
     """
     choice = spec.structure["parametrization"]
     n_task = len(cells.tasks)
     if choice == "auto":
         levels = [len(np.unique(np.round(cells.cell_x[cells.cell_task == t], 6))) for t in range(n_task)]
-        rich = np.median(levels) >= spec.structure["auto_centered_min_levels"]
-        n_obs = np.maximum.reduce([cells.item_n, cells.ce_n, cells.em_n])
-        return np.full(n_task, rich), n_obs >= spec.structure["auto_cell_centered_min_items"]
+        choice = "centered" if np.median(levels) >= spec.structure["auto_centered_min_levels"] else "noncentered"
+        return np.full(n_task, choice == "centered"), np.zeros(cells.n_cells, bool)
     return np.full(n_task, choice == "centered"), np.full(cells.n_cells, choice == "centered")
 
 

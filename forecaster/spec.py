@@ -27,7 +27,6 @@ REQUIRED_PRIORS = (
 STRUCTURE_DEFAULTS: dict[str, Any] = {
     "parametrization": "auto",
     "auto_centered_min_levels": 4,
-    "auto_cell_centered_min_items": 100,
     "family_effects": True,
     "setting_effects": True,
     "cell_deviation": True,

@@ -67,7 +67,8 @@ def test_slopes_and_item_spread_recovered():
         b = post["b"].sel(task=t.name).values.ravel()
         s = post["sigma_item"].sel(task=t.name).values.ravel()
         assert np.quantile(b, 0.01) < t.b < np.quantile(b, 0.99), (t, b.mean())
-        assert np.quantile(s, 0.01) < t.sigma_item < np.quantile(s, 0.99), (t, s.mean())
+        # 150 persistent items: the sample's own spread differs from the population's by ~5%
+        assert abs(s.mean() - t.sigma_item) < 0.15 * t.sigma_item, (t, s.mean())
         # persistent item difficulty vs item-by-model noise is identified by shared items
         rho = post["item_persistence"].sel(task=t.name).values.ravel()
         assert abs(rho.mean() - t.persistence) < 0.15
