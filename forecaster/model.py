@@ -136,11 +136,12 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
 
         # ---- per-item log-probs, through sufficient statistics
         has_items = cells.item_n > 0
+        has_ce = np.isfinite(cells.ce_obs)
+        has_groups = len(cells.group_task) > 0
+        if has_groups or has_ce.any():
+            rho = spec.prior("item_persistence", dims="task")
+            var_noise = (1.0 - rho[t]) * var_w
         if has_items.any():
-            has_groups = len(cells.group_task) > 0
-            if has_groups:
-                rho = spec.prior("item_persistence", dims="task")
-                var_noise = (1.0 - rho[t]) * var_w
             bal = has_items & cells.item_balanced
             unb = has_items & ~cells.item_balanced
             if bal.any():
@@ -173,12 +174,14 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
                     observed=cells.group_ss_items + _SS_EPS,
                 )
 
-        # ---- aggregate mean CE: lognormal mean, with the finite test set's sampling noise
-        has_ce = np.isfinite(cells.ce_obs)
+        # ---- aggregate mean CE: lognormal mean over items. The same test items are scored at every model, so
+        # only the item-by-model part of the spread is fresh sampling noise in each cell; the persistent part is
+        # common to the task's cells (absorbed by its intercept). Treating all of it as independent noise let a
+        # spurious large-spread mode explain the CE data away (simulated aggregate tasks: sigma_item 2.9 vs 0.8).
         if has_ce.any():
             i = np.flatnonzero(has_ce)
             vw = var_w[i]
-            sd = pt.sqrt(pt.log1p(pt.expm1(vw) / cells.ce_n[i]))
+            sd = pt.sqrt(pt.log1p(pt.expm1(var_noise[i]) / cells.ce_n[i]))
             pm.Normal("obs_ce", mu=mu[i] + vw / 2.0, sigma=sd, observed=np.log(cells.ce_obs[i]))
 
         # ---- exact-match counts: p = E_items[exp(-k CE_item)]
