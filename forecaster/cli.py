@@ -98,7 +98,7 @@ def fit(
     tune: Annotated[int, typer.Option(help="Tuning steps per chain.")] = 1000,
     chains: Annotated[int, typer.Option(help="Number of chains.")] = 4,
     sampler: Annotated[str, typer.Option(help="nutpie | pymc | numpyro")] = "nutpie",
-    target_accept: Annotated[float, typer.Option(help="NUTS target acceptance.")] = 0.9,
+    target_accept: Annotated[float, typer.Option(help="NUTS target acceptance.")] = 0.95,
     strict: Annotated[bool, typer.Option(help="Exit 1 when the posterior cannot be trusted.")] = False,
     pool_single_compute: Annotated[bool, typer.Option(
         help="Fit tasks seen at one compute only through the pooled slope prior.")] = False,

@@ -184,7 +184,7 @@ def fit(
     tune: int = 1000,
     chains: int = 4,
     sampler: str = "nutpie",
-    target_accept: float = 0.9,
+    target_accept: float = 0.95,
     allow_single_compute: bool = False,
     progressbar: bool = False,
     c0: float | None = None,
