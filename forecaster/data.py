@@ -310,8 +310,6 @@ def _check_rows(df: pd.DataFrame, *, source: str) -> pd.DataFrame:
 def _check_table(df: pd.DataFrame, *, allow_single_compute: bool) -> pd.DataFrame:
     """Checks across rows (possibly from several files): duplicates, consistency, identifiability."""
     source = df.attrs.get("source", "<table>")
-    src = df["_source"] if "_source" in df.columns else None
-    del src
     cell = ["family", "model", "task", "setting"]
     # duplicates
     item_rows = df[df["kind"] == "item"]
