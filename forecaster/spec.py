@@ -24,6 +24,8 @@ REQUIRED_PRIORS = (
     "sigma_setting_a", "sigma_setting_b", "sigma_cell", "sigma_item", "item_persistence",
     "em_concentration",
 )
+# Priors that are spreads or rates: a fixed value must be positive.
+_POSITIVE = {n for n in REQUIRED_PRIORS if n.startswith("sigma")} | {"em_concentration"}
 STRUCTURE_DEFAULTS: dict[str, Any] = {
     "parametrization": "auto",
     "auto_centered_min_levels": 4,
@@ -60,6 +62,16 @@ class ModelSpec:
     def prior(self, name: str, *, dims=None, shape=None) -> Any:
         """Create the PyMC random variable for prior ``name`` inside the current model context."""
         p = dict(self.priors[name])
+        if "value" in p:  # a fixed value (no pooling): kept in the posterior as a constant
+            import pytensor.tensor as pt
+
+            val = pt.as_tensor(float(p["value"]))
+            if dims is not None:
+                n = len(pm.modelcontext(None).coords[dims])
+                val = pt.fill(pt.zeros(n), val)
+            elif shape is not None:
+                val = pt.fill(pt.zeros(shape), val)
+            return pm.Deterministic(name, val, dims=dims)
         dist = p.pop("dist")
         kw: dict[str, Any] = {}
         if dims is not None:
@@ -70,7 +82,7 @@ class ModelSpec:
 
     def prior_params(self, name: str) -> dict[str, Any]:
         p = dict(self.priors[name])
-        p.pop("dist")
+        p.pop("dist", None)
         return p
 
 
@@ -93,6 +105,12 @@ def _parse(text: str, where: str) -> ModelSpec:
     for name, p in priors.items():
         if name not in REQUIRED_PRIORS:
             raise SpecError(f"{where}: unknown prior '{name}'; known: {', '.join(REQUIRED_PRIORS)}")
+        if isinstance(p, dict) and set(p) == {"value"}:
+            if not isinstance(p["value"], (int, float)) or isinstance(p["value"], bool):
+                raise SpecError(f"{where}: prior '{name}' = {{ value = ... }} needs a number, got {p['value']!r}")
+            if name in _POSITIVE and not p["value"] > 0:
+                raise SpecError(f"{where}: prior '{name}' is a spread or rate; its fixed value must be > 0")
+            continue
         if not isinstance(p, dict) or "dist" not in p:
             raise SpecError(f"{where}: prior '{name}' needs a table with 'dist', e.g. {{ dist = \"Normal\", mu = 0, sigma = 1 }}")
         dist = getattr(pm, str(p["dist"]), None)

@@ -84,3 +84,22 @@ def test_bad_spec_files(tmp_path, edit, expect):
 def test_unknown_spec_name():
     with pytest.raises(SpecError, match="unknown model"):
         load_spec("nonexistent-model")
+
+
+def test_unpooled_spec_fixes_population_parameters(demo_table):
+    spec = load_spec("unpooled")
+    m = build_model(summarize(demo_table), spec)
+    free = {rv.name for rv in m.free_RVs}
+    assert {"sigma_a", "sigma_b", "mu_a", "mu_b", "setting_a", "sigma_setting_a"}.isdisjoint(free)
+    assert {"a", "b", "sigma_item", "sigma_cell"} <= free
+    # fixed values stay visible (as constants) for the forecast stage
+    assert "sigma_a" in m.named_vars and float(m["sigma_b"].eval()) == 0.5
+
+
+@pytest.mark.parametrize("value, expect", [("-1.0", "must be > 0"), ('"x"', "needs a number")])
+def test_fixed_prior_values_are_checked(tmp_path, value, expect):
+    text = load_spec("unpooled").text.replace("sigma_a = { value = 2.5 }", f"sigma_a = {{ value = {value} }}")
+    p = tmp_path / "m.toml"
+    p.write_text(text)
+    with pytest.raises(SpecError, match=expect):
+        load_spec(p)
