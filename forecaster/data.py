@@ -405,6 +405,7 @@ class CellData:
     group_df_items: np.ndarray = field(default_factory=lambda: np.zeros(0))
     group_ss_res: np.ndarray = field(default_factory=lambda: np.zeros(0))
     group_df_res: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    cell_group: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # balanced group of a cell, or -1
     model_family: dict[str, str] = field(default_factory=dict)
     model_compute: dict[str, float] = field(default_factory=dict)
     task_k: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -460,6 +461,7 @@ def summarize(df: pd.DataFrame, c0: float | None = None) -> CellData:
     item_mean = np.full(n, np.nan)
     item_ss = np.full(n, np.nan)
     balanced = np.zeros(n, bool)
+    cell_group = np.full(n, -1, int)
     ce_obs = np.full(n, np.nan)
     ce_n = np.zeros(n)
     em_n = np.zeros(n)
@@ -503,6 +505,7 @@ def summarize(df: pd.DataFrame, c0: float | None = None) -> CellData:
             g_dfr.append((n_items_g - 1) * (J - 1))
             for m in per_cell.index:
                 balanced[idx[(m, t, s)]] = True
+                cell_group[idx[(m, t, s)]] = len(g_task) - 1
 
     aggs = df[df["kind"] == "aggregate"]
     for r in aggs.itertuples(index=False):
@@ -549,6 +552,7 @@ def summarize(df: pd.DataFrame, c0: float | None = None) -> CellData:
         group_df_items=np.array(g_dfi, float),
         group_ss_res=np.array(g_ssr, float),
         group_df_res=np.array(g_dfr, float),
+        cell_group=cell_group,
         model_family=mf,
         model_compute=mc,
         task_k=task_k,

@@ -11,9 +11,12 @@ import xarray as xr
 
 from .errors import QueryError
 from .fit import FitResult
-from .metrics import METRICS, check_threshold, crossing_log10_compute, metric_value, threshold_log_ce
+from .metrics import (
+    METRICS, check_threshold, crossing_log10_compute, item_spread, metric_value, threshold_log_ce,
+    threshold_log_ce_varying,
+)
 
-__all__ = ["Forecast", "forecast", "trend", "metric_curve", "quantile_name", "DEFAULT_QUANTILES", "MAX_LOG10_COMPUTE"]
+__all__ = ["Forecast", "forecast", "trend", "spread_at", "metric_curve", "quantile_name", "DEFAULT_QUANTILES", "MAX_LOG10_COMPUTE"]
 
 DEFAULT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 #: Crossings beyond this (log10 FLOPs) count as never reached.
@@ -106,8 +109,24 @@ def trend(fit: FitResult, tasks=None, families=None, settings=None) -> xr.Datase
     slope = (b + db).transpose("chain", "draw", "task", "setting")
     sigma_item = post["sigma_item"].sel(task=tasks)
     sigma_cell = post["sigma_cell"] if "sigma_cell" in post else xr.zeros_like(post["a"].isel(task=0, drop=True))
-    return xr.Dataset({"intercept": intercept, "slope": slope, "sigma_item": sigma_item, "sigma_cell": sigma_cell},
+    spread_slope = post["spread_slope"].sel(task=tasks) if "spread_slope" in post else xr.zeros_like(sigma_item)
+    return xr.Dataset({"intercept": intercept, "slope": slope, "sigma_item": sigma_item, "sigma_cell": sigma_cell,
+                       "spread_slope": spread_slope, "spread_ref": a},
                       attrs={"c0": cells.c0})
+
+
+def spread_at(tr: xr.Dataset, log_ce: xr.DataArray) -> xr.DataArray:
+    """Per-draw item spread of cells whose typical item has ``log_ce`` (see :func:`forecaster.metrics.item_spread`)."""
+    return item_spread(log_ce, tr["sigma_item"], tr["spread_slope"], tr["spread_ref"])
+
+
+def _threshold(tr: xr.Dataset, task: str, metric: str, threshold: float, k: float, n: int) -> np.ndarray:
+    """Per draw (chain, draw): log CE of the typical item at which the metric reaches ``threshold``."""
+    sig = tr["sigma_item"].sel(task=task).values
+    gam = tr["spread_slope"].sel(task=task).values
+    if not np.any(gam):
+        return threshold_log_ce(sig, metric, threshold, k, n)  # constant spread: one lookup table
+    return threshold_log_ce_varying(sig, gam, tr["spread_ref"].sel(task=task).values, metric, threshold, k, n)
 
 
 def _task_k(fit: FitResult, tasks: list[str], k: float | None) -> xr.DataArray:
@@ -180,8 +199,7 @@ def forecast(
     for t in tasks_l:
         kt = float(kk.sel(task=t))
         check_threshold(metric, threshold, kt)
-        sig = tr["sigma_item"].sel(task=t).values
-        mu_star = threshold_log_ce(sig, metric, threshold, kt, int(n))  # (chain, draw)
+        mu_star = _threshold(tr, t, metric, threshold, kt, int(n))  # (chain, draw)
         x = crossing_log10_compute(
             tr["intercept"].sel(task=t).values, tr["slope"].sel(task=t).values[..., None, :],
             mu_star[..., None, None], c0,
@@ -226,11 +244,13 @@ def forecast(
         xs = xr.DataArray(np.log10(at_vals) - c0, coords={"compute": at_vals}, dims="compute")
         dev = xr.DataArray(rng.standard_normal(tr["sigma_cell"].shape), dims=tr["sigma_cell"].dims) * tr["sigma_cell"]
         lc = tr["intercept"] + tr["slope"] * xs + dev
+        sg = spread_at(tr, lc)
         vals = []
+        order = ("chain", "draw", "family", "setting", "compute")
         for t in tasks_l:
             v = metric_value(
-                lc.sel(task=t).transpose("chain", "draw", "family", "setting", "compute").values,
-                tr["sigma_item"].sel(task=t).values[:, :, None, None, None], metric, float(kk.sel(task=t)), int(n),
+                lc.sel(task=t).transpose(*order).values, sg.sel(task=t).transpose(*order).values,
+                metric, float(kk.sel(task=t)), int(n),
             )
             vals.append(v)
         metric_at = xr.DataArray(
@@ -255,6 +275,9 @@ def metric_curve(fit: FitResult, task: str, family: str, setting: str, metric: s
     kt = float(_task_k(fit, [task], k).values[0])
     lc = (tr["intercept"].isel(task=0, family=0, setting=0).values[..., None]
           + tr["slope"].isel(task=0, setting=0).values[..., None] * (np.asarray(log10_grid) - fit.cells.c0))
-    v = metric_value(lc, tr["sigma_item"].isel(task=0).values[..., None], metric, kt, int(n))
+    t0 = tr.isel(task=0)
+    sg = item_spread(lc, t0["sigma_item"].values[..., None], t0["spread_slope"].values[..., None],
+                     t0["spread_ref"].values[..., None])
+    v = metric_value(lc, sg, metric, kt, int(n))
     return xr.DataArray(v, dims=("chain", "draw", "log10_compute"),
                         coords={"log10_compute": np.asarray(log10_grid)}, name=metric)

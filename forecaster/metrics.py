@@ -19,9 +19,12 @@ import numpy as np
 import xarray as xr
 
 from .errors import QueryError
-from .quadrature import normal_nodes
+from .quadrature import item_spread, normal_nodes
 
-__all__ = ["METRICS", "metric_value", "threshold_log_ce", "crossing_log10_compute", "metric_da", "check_threshold"]
+__all__ = [
+    "METRICS", "item_spread", "metric_value", "threshold_log_ce", "threshold_log_ce_varying", "crossing_log10_compute",
+    "metric_da", "check_threshold",
+]
 
 #: metric -> True when larger is better
 METRICS = {"exact_match": True, "token_accuracy": True, "edit_distance": False, "pass_at_n": True}
@@ -82,6 +85,23 @@ def threshold_log_ce(sigma, metric: str, threshold: float, k: float = 1.0, n: in
         hi = np.where(reached, hi, mid)
     mu_star = 0.5 * (lo + hi)
     return np.interp(sigma, grid, mu_star)
+
+
+def threshold_log_ce_varying(sigma_item, spread_slope, ref, metric: str, threshold: float, k: float = 1.0,
+                             n: int = 1, nodes: int = NODES, iters: int = 48) -> np.ndarray:
+    """Like :func:`threshold_log_ce` when the item spread follows :func:`item_spread` (per-draw bisection)."""
+    check_threshold(metric, threshold, k)
+    sigma_item, spread_slope, ref = np.broadcast_arrays(*(np.asarray(v, float) for v in (sigma_item, spread_slope, ref)))
+    lo = np.full(sigma_item.shape, -60.0)
+    hi = np.full(sigma_item.shape, 30.0)
+    better_low = METRICS[metric]
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        v = metric_value(mid, item_spread(mid, sigma_item, spread_slope, ref), metric, k, n, nodes)
+        reached = v >= threshold if better_low else v <= threshold
+        lo = np.where(reached, mid, lo)
+        hi = np.where(reached, hi, mid)
+    return 0.5 * (lo + hi)
 
 
 def crossing_log10_compute(intercept, slope, mu_star, c0: float) -> np.ndarray:

@@ -6,7 +6,9 @@ forecast stage (per draw):
 * ``a`` (task), ``b`` (task): task intercept and slope of log CE vs ``x - c0``;
 * ``a_family`` (family): family offsets (absent with one family);
 * ``da``, ``db`` (task, setting): setting effects (reference setting = 0; absent with one setting);
-* ``sigma_item`` (task): spread of log CE across items at one model;
+* ``sigma_item`` (task): spread of log CE across items at one model (where the task's typical item is at ``a``);
+* ``spread_slope`` (task): growth of that spread as the task is learned (absent when switched off;
+  :func:`forecaster.metrics.item_spread`);
 * ``sigma_cell``: spread of a new model's cell around the trend (absent when switched off);
 * ``mu_cell`` (cell): fitted log CE of the typical item in each observed cell.
 """
@@ -18,7 +20,7 @@ import pymc as pm
 import pytensor.tensor as pt
 
 from .data import CellData
-from .quadrature import normal_nodes
+from .quadrature import item_spread, normal_nodes
 from .spec import ModelSpec
 
 __all__ = ["build_model", "choose_parametrization", "model_coords"]
@@ -32,19 +34,21 @@ def choose_parametrization(cells: CellData, spec: ModelSpec) -> tuple[np.ndarray
     ``centered``/``noncentered`` in the spec apply to all. ``auto`` decides by
     data: centered everywhere when the median task is seen at no fewer than
     ``auto_centered_min_levels`` distinct compute levels, else non-centered.
-    Cell deviations are non-centered: their data rarely pin them tighter than
-    ``sigma_cell``. Measured on the demo data (4 tasks, 72 cells of 60 items):
+    Cell deviations are non-centered unless a cell is measured on at least
+    ``auto_centered_min_items`` items (then its data pin it tighter than
+    ``sigma_cell``). Measured on the demo data (4 tasks, 72 cells of 60 items):
     all centered gave ``sigma_cell`` R-hat 1.23 and ESS 14; tasks centered
-    with non-centered cells R-hat 1.01, ESS 359. Centering cells of >= 100
-    items failed on simulated aggregate data (R-hat 1.8) and did not help on
-    Pythia LAMBADA.
+    with non-centered cells R-hat 1.01, ESS 359. On Pythia LAMBADA (5,153
+    items a cell) non-centered cells gave ``sigma_cell`` ESS 27 of 1000,
+    centered ESS 330.
     """
     choice = spec.structure["parametrization"]
     n_task = len(cells.tasks)
     if choice == "auto":
         levels = [len(np.unique(np.round(cells.cell_x[cells.cell_task == t], 6))) for t in range(n_task)]
         choice = "centered" if np.median(levels) >= spec.structure["auto_centered_min_levels"] else "noncentered"
-        return np.full(n_task, choice == "centered"), np.zeros(cells.n_cells, bool)
+        n_obs = np.maximum.reduce([cells.item_n, np.where(np.isfinite(cells.ce_obs), cells.ce_n, 0), cells.em_n])
+        return np.full(n_task, choice == "centered"), n_obs >= spec.structure["auto_centered_min_items"]
     return np.full(n_task, choice == "centered"), np.full(cells.n_cells, choice == "centered")
 
 
@@ -75,6 +79,40 @@ def _hier(name: str, mu, sigma, dims: str, centered: np.ndarray):
     return pm.Deterministic(name, full, dims=dims)
 
 
+def _task_level(spec: ModelSpec, name: str, mu_name: str, sigma_name: str, centered: np.ndarray):
+    """Task intercepts or slopes, partially pooled: ``Normal(mu, sigma)`` with ``mu``, ``sigma`` from the spec.
+
+    With a single task there is nothing to pool and the hyperparameters form a
+    funnel the sampler diverges in (Pythia LAMBADA: R-hat 1.04 on ``mu_a``,
+    divergences); when their priors are Normal and HalfNormal (or fixed) the
+    task's parameter then gets the same marginal prior directly:
+    ``Normal(mu.mu, sqrt(mu.sigma**2 + sigma.sigma**2))``.
+    """
+    if len(centered) == 1:
+        pm_, ps_ = spec.priors[mu_name], spec.priors[sigma_name]
+        m = _normal_moments(pm_)
+        v = _halfnormal_second_moment(ps_)
+        if m is not None and v is not None:
+            return pm.Normal(name, mu=m[0], sigma=float(np.sqrt(m[1] ** 2 + v)), dims="task")
+    return _hier(name, spec.prior(mu_name), spec.prior(sigma_name), "task", centered)
+
+
+def _normal_moments(p: dict) -> tuple[float, float] | None:
+    if "value" in p:
+        return float(p["value"]), 0.0
+    if p.get("dist") == "Normal" and set(p) <= {"dist", "mu", "sigma"}:
+        return float(p.get("mu", 0.0)), float(p.get("sigma", 1.0))
+    return None
+
+
+def _halfnormal_second_moment(p: dict) -> float | None:
+    if "value" in p:
+        return float(p["value"]) ** 2
+    if p.get("dist") == "HalfNormal" and set(p) <= {"dist", "sigma"}:
+        return float(p.get("sigma", 1.0)) ** 2
+    return None
+
+
 def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
     """Build the hierarchical model for ``cells`` under ``spec``.
 
@@ -96,12 +134,8 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
     xc = cells.cell_x - cells.c0
 
     with pm.Model(coords=model_coords(cells)) as model:
-        mu_a = spec.prior("mu_a")
-        sigma_a = spec.prior("sigma_a")
-        mu_b = spec.prior("mu_b")
-        sigma_b = spec.prior("sigma_b")
-        a = _hier("a", mu_a, sigma_a, "task", centered_task)
-        b = _hier("b", mu_b, sigma_b, "task", centered_task)
+        a = _task_level(spec, "a", "mu_a", "sigma_a", centered_task)
+        b = _task_level(spec, "b", "mu_b", "sigma_b", centered_task)
 
         intercept = a[t]
         slope = b[t]
@@ -127,12 +161,21 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
             slope = slope + db[t, s]
         mu = intercept + slope * xc
         if st["cell_deviation"]:
+            # each cell's log CE deviates from its trend; centered cells are sampled around the trend itself
+            # (not as trend + centered deviation, which ties every well-measured cell to the trend's parameters)
             sigma_cell = spec.prior("sigma_cell")
-            mu = mu + _hier("eps", 0.0, sigma_cell, "cell", centered_cell)
-        mu = pm.Deterministic("mu_cell", mu, dims="cell")
+            mu = _hier("mu_cell", mu, sigma_cell, "cell", centered_cell)
+        else:
+            mu = pm.Deterministic("mu_cell", mu, dims="cell")
 
         sigma_item = spec.prior("sigma_item", dims="task")
-        var_w = sigma_item[t] ** 2
+        if st["spread_varies"]:
+            # the item spread of a cell follows how far the task has been learned there (see item_spread)
+            spread_slope = spec.prior("spread_slope", dims="task")
+            s_cell = item_spread(mu, sigma_item[t], spread_slope[t], a[t], xp=pt)
+        else:
+            s_cell = sigma_item[t]
+        var_w = s_cell**2
 
         # ---- per-item log-probs, through sufficient statistics
         has_items = cells.item_n > 0
@@ -162,7 +205,9 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
             if has_groups:
                 gt = cells.group_task
                 J = cells.group_df_res / cells.group_df_items + 1.0
-                vw = sigma_item[gt] ** 2
+                # the group's within-cell variance: mean of its cells' item variances
+                member = (cells.cell_group[None, :] == np.arange(len(gt))[:, None]).astype(float)
+                vw = pt.dot(member / member.sum(axis=1, keepdims=True), var_w)
                 v_noise = (1.0 - rho[gt]) * vw
                 v_item = rho[gt] * vw
                 pm.Gamma(
@@ -189,7 +234,7 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
         if has_em.any():
             i = np.flatnonzero(has_em)
             z, w = normal_nodes(st["quadrature_nodes"])
-            log_ce = mu[i][:, None] + sigma_item[t[i]][:, None] * z[None, :]
+            log_ce = mu[i][:, None] + s_cell[i][:, None] * z[None, :]
             p_item = pt.exp(-cells.cell_k[i][:, None] * pt.exp(log_ce))
             p = pt.clip(pt.sum(p_item * w[None, :], axis=1), 1e-12, 1.0 - 1e-12)
             if st["em_likelihood"] == "betabinomial":

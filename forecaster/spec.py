@@ -24,16 +24,21 @@ REQUIRED_PRIORS = (
     "sigma_setting_a", "sigma_setting_b", "sigma_cell", "sigma_item", "item_persistence",
     "em_concentration",
 )
+#: Priors needed only when a structure switch asks for them (switch -> prior).
+OPTIONAL_PRIORS = {"spread_varies": "spread_slope"}
 # Priors that are spreads or rates: a fixed value must be positive.
 _POSITIVE = {n for n in REQUIRED_PRIORS if n.startswith("sigma")} | {"em_concentration"}
 STRUCTURE_DEFAULTS: dict[str, Any] = {
     "parametrization": "auto",
     "auto_centered_min_levels": 4,
+    "auto_centered_min_items": 1000,
     "family_effects": True,
     "setting_effects": True,
     "cell_deviation": True,
     "em_likelihood": "binomial",
     "quadrature_nodes": 24,
+    # Item spread grows (or shrinks) as the task is learned; off when a spec does not say (older specs).
+    "spread_varies": False,
 }
 _CHOICES = {
     "parametrization": {"auto", "centered", "noncentered"},
@@ -102,9 +107,13 @@ def _parse(text: str, where: str) -> ModelSpec:
     for name in REQUIRED_PRIORS:
         if name not in priors:
             raise SpecError(f"{where}: [priors] lacks '{name}'; copy it from the default spec")
+    for switch, name in OPTIONAL_PRIORS.items():
+        if structure[switch] and name not in priors:
+            raise SpecError(f"{where}: [structure] {switch} = true needs a prior '{name}'; copy it from the default spec")
+    known = REQUIRED_PRIORS + tuple(OPTIONAL_PRIORS.values())
     for name, p in priors.items():
-        if name not in REQUIRED_PRIORS:
-            raise SpecError(f"{where}: unknown prior '{name}'; known: {', '.join(REQUIRED_PRIORS)}")
+        if name not in known:
+            raise SpecError(f"{where}: unknown prior '{name}'; known: {', '.join(known)}")
         if isinstance(p, dict) and set(p) == {"value"}:
             if not isinstance(p["value"], (int, float)) or isinstance(p["value"], bool):
                 raise SpecError(f"{where}: prior '{name}' = {{ value = ... }} needs a number, got {p['value']!r}")

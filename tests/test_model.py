@@ -20,7 +20,9 @@ def test_demo_model_structure(demo_table):
     m = build_model(cells, load_spec())
     assert isinstance(m, pm.Model)
     names = {v.name for v in m.free_RVs}
-    assert {"mu_a", "sigma_a", "mu_b", "sigma_b", "a", "b", "a_family", "sigma_item", "sigma_cell"} <= names
+    assert {"mu_a", "sigma_a", "mu_b", "sigma_b", "a", "b", "a_family", "sigma_item", "sigma_cell",
+            "spread_slope"} <= names
+    assert "mu_cell" in m.named_vars
     obs = {v.name for v in m.observed_RVs}
     # per-item log-probs (balanced groups), aggregate CE and exact-match counts all enter
     assert {"obs_item_mean_bal", "obs_group_ss_res", "obs_group_ss_items", "obs_ce", "obs_em"} <= obs

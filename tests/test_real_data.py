@@ -43,13 +43,15 @@ def _lambada_table(max_ckpts: int = 6) -> pd.DataFrame:
 def test_pythia_lambada_fit():
     table = _lambada_table()
     result = fit(table, seed=5, draws=500, tune=1000, chains=2)
-    # Known limit (README, "Known limits"): with CE and accuracy both measured on 5153 items, one lognormal
-    # item spread per task reconciles them only with large cell deviations (sigma_cell ~0.55), and the
-    # intercept / cell-deviation ridge mixes slowly (R-hat ~1.1-1.3 here), so convergence is not asserted.
     post = result.posterior
+    # CE and accuracy, both measured on 5153 items, pin each checkpoint: the fit must mix (it did not before
+    # the item spread could grow with skill and well-measured cells were centered: R-hat 1.1-1.3)
+    assert result.diagnostics.max_rhat < 1.05 and result.diagnostics.divergences <= 10, result.diagnostics
     assert float(post["b"].mean()) < 0  # loss falls with compute
-    # per-word losses are heavy-tailed across items: large item spread reconciles mean CE with accuracy
+    # per-word losses are heavy-tailed across items, and the spread grows as the task is learned
+    # (implied per checkpoint: 1.2 at 70M to 2.1 at 12B)
     assert float(post["sigma_item"].mean()) > 1.0
+    assert float(post["spread_slope"].quantile(0.05)) > 0.05
     fc = forecast(result, metric="exact_match", threshold=0.5, k=1, budget=1e21).table
     # observed: accuracy crosses 0.5 at about 4-5e20 FLOPs (410M-2.8B checkpoints)
     med = fc.log10_compute_q50.to_numpy()
