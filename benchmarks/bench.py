@@ -1,11 +1,22 @@
 """Speed figures (printed, not asserted): demo fit cold/warm, forecast from a saved fit, ESS/s, items-per-cell scaling.
 
 Run: .venv/bin/python benchmarks/bench.py  (targets on 2 cores: demo fit < 12 s cold, < 5 s warm; forecast < 1 s)
+
+Each fit runs in a fresh Python process. "Cold, all caches empty" starts with a new
+``FORECASTER_CACHE`` and a new pytensor compile directory (pytensor's numba
+kernels compile from scratch: a first install); "cold, forecaster cache empty"
+keeps the user's pytensor cache; "warm" is a later fresh process with the caches
+of the first.
+Import time is reported apart from fit time. ``--repeat N`` repeats the warm
+fit and reports the minimum (timings on a shared machine are noisy).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,64 +24,113 @@ import time
 from pathlib import Path
 
 CHILD = r"""
-import sys, time, warnings
+import json, sys, time, warnings
 warnings.simplefilter("ignore")
 t0 = time.perf_counter()
 import forecaster as fc
+import forecaster.compile_cache as cc
 t_import = time.perf_counter() - t0
+spent = {"compile": 0.0}
+_compile = cc.compile_nutpie
+def timed_compile(*a, **k):
+    t = time.perf_counter()
+    try:
+        return _compile(*a, **k)
+    finally:
+        spent["compile"] += time.perf_counter() - t
+cc.compile_nutpie = timed_compile
+sampler, out, draws, tune = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 data = fc.demo_data()
 t1 = time.perf_counter()
-res = fc.fit(data, seed=1, sampler=sys.argv[1])
+res = fc.fit(data, seed=1, sampler=sampler, draws=draws, tune=tune)
 t_fit = time.perf_counter() - t1
-fc.save_fit(res, sys.argv[2])
-print(f"{t_import:.2f} {t_fit:.2f} {res.diagnostics.min_ess_bulk:.0f}")
+fc.save_fit(res, out)
+post = res.tree["posterior"]
+d = res.diagnostics
+print(json.dumps(dict(
+    import_s=t_import, fit_s=t_fit, compile_s=spent["compile"], sample_s=float(post.attrs.get("sampling_time", "nan")),
+    cache=dict(cc.stats), ess=min(d.min_ess_bulk, d.min_ess_tail), rhat=d.max_rhat, div=d.divergences,
+)))
 """
 
 
-def fit_in_fresh_process(sampler: str, out: Path) -> tuple[float, float, float]:
-    r = subprocess.run([sys.executable, "-c", CHILD, sampler, str(out)], capture_output=True, text=True, check=True)
-    imp, fit_s, ess = map(float, r.stdout.split()[-3:])
-    return imp, fit_s, ess
+def fit_in_fresh_process(sampler: str, out: Path, env: dict, draws: int, tune: int) -> dict:
+    """One demo fit in a new interpreter; its timings and diagnostics."""
+    r = subprocess.run([sys.executable, "-c", CHILD, sampler, str(out), str(draws), str(tune)], capture_output=True,
+                       text=True, env=env)
+    if r.returncode:
+        raise SystemExit(f"child failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def fresh_cache_env(root: Path) -> dict:
+    """Environment with empty forecaster and pytensor (numba) caches under ``root``."""
+    env = dict(os.environ)
+    env["FORECASTER_CACHE"] = str(root / "forecaster")
+    flags = [f for f in env.get("PYTENSOR_FLAGS", "").split(",") if f and not f.startswith("base_compiledir")]
+    env["PYTENSOR_FLAGS"] = ",".join([*flags, f"base_compiledir={root / 'pytensor'}"])
+    return env
+
+
+def line(label: str, r: dict) -> str:
+    return (f"    {label}: import {r['import_s']:.1f} s | fit {r['fit_s']:.1f} s (compile {r['compile_s']:.1f} s, "
+            f"sample {r['sample_s']:.1f} s) | min ESS {r['ess']:.0f}, R-hat {r['rhat']:.3f}, {r['div']} div "
+            f"-> {r['ess'] / r['fit_s']:.0f} ESS/s | cache {r['cache']}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--samplers", default="nutpie,pymc")
+    ap.add_argument("--samplers", default="nutpie", help="comma-separated: nutpie,pymc,numpyro")
+    ap.add_argument("--repeat", type=int, default=2, help="warm fits per sampler (the minimum is reported)")
+    ap.add_argument("--draws", type=int, default=1000)
+    ap.add_argument("--tune", type=int, default=1000)
     ap.add_argument("--scaling", action="store_true", help="also time fits as items per cell grow 10x")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp())
-    print("demo fit (4 chains x 1000 draws + 1000 tune, fresh process each):")
-    for sampler in args.samplers.split(","):
-        cold = fit_in_fresh_process(sampler, tmp / "fit.nc")
-        warm = fit_in_fresh_process(sampler, tmp / "fit.nc")
-        print(f"  {sampler:7s} cold: import {cold[0]:.1f} s + fit {cold[1]:.1f} s; warm: import {warm[0]:.1f} s + "
-              f"fit {warm[1]:.1f} s; min bulk ESS {warm[2]:.0f} -> {warm[2] / warm[1]:.0f} ESS/s")
+    tmp = Path(tempfile.mkdtemp(prefix="fc-bench-"))
+    print(f"demo fit (4 chains x {args.draws} draws + {args.tune} tune, fresh process each, {os.cpu_count()} cores):")
+    try:
+        for sampler in args.samplers.split(","):
+            env = fresh_cache_env(tmp / sampler)
+            cold = fit_in_fresh_process(sampler, tmp / "fit.nc", env, args.draws, args.tune)
+            # only forecaster's cache empty: pytensor's own caches (its numba kernels) as the user has them
+            env_model = dict(os.environ, FORECASTER_CACHE=str(tmp / sampler / "forecaster-2"))
+            cold_model = fit_in_fresh_process(sampler, tmp / "fit.nc", env_model, args.draws, args.tune)
+            warm = [fit_in_fresh_process(sampler, tmp / "fit.nc", env, args.draws, args.tune)
+                    for _ in range(max(1, args.repeat))]
+            print(f"  {sampler}")
+            print(line("cold, all caches empty", cold))
+            print(line("cold, forecaster cache empty", cold_model))
+            print(line(f"warm (min of {len(warm)})", min(warm, key=lambda r: r["fit_s"])))
 
-    import forecaster as fc
+        import forecaster as fc
 
-    t0 = time.perf_counter()
-    res = fc.load_fit(tmp / "fit.nc")
-    t_load = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    fc.forecast(res, metric="exact_match", threshold=0.5, budget=1e24, at=[1e22, 1e24])
-    t_fc = time.perf_counter() - t0
-    print(f"forecast from saved fit: load {t_load:.2f} s + forecast {t_fc:.2f} s "
-          f"({res.diagnostics.n_samples} draws x {len(res.cells.tasks)} tasks x 4 combos)")
-
-    if args.scaling:
-        from forecaster.simulate import TaskTruth, simulate
-
-        print("fit time as items per cell grow (per-item data, 4 tasks x 6 models, nutpie, 2 x 500):")
-        for n_items in (50, 500, 5000):
-            tasks = [TaskTruth(f"t{i}", a=0.2 * i, b=-0.4, kind="item") for i in range(4)]
-            sc = simulate(tasks, n_items=n_items, seed=1)
+        t0 = time.perf_counter()
+        res = fc.load_fit(tmp / "fit.nc")
+        t_load = time.perf_counter() - t0
+        times = []
+        for _ in range(3):
             t0 = time.perf_counter()
-            table = fc.validate(sc.data)
-            t_val = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            fc.fit(table, seed=1, draws=500, tune=500, chains=2)
-            print(f"  {n_items:5d} items/cell ({len(sc.data):7d} rows): validate {t_val:.2f} s, "
-                  f"fit {time.perf_counter() - t0:.1f} s")
+            fc.forecast(res, metric="exact_match", threshold=0.5, budget=1e24, at=[1e22, 1e24])
+            times.append(time.perf_counter() - t0)
+        print(f"forecast from saved fit: load {t_load:.2f} s + forecast {min(times):.2f} s (min of 3; "
+              f"{res.diagnostics.n_samples} draws x {len(res.cells.tasks)} tasks)")
+
+        if args.scaling:
+            from forecaster.simulate import TaskTruth, simulate
+
+            print("fit time as items per cell grow 10x (per-item data, 4 tasks x 6 models, nutpie, 2 x 500):")
+            for n_items in (50, 500, 5000):
+                tasks = [TaskTruth(f"t{i}", a=0.2 * i, b=-0.4, kind="item") for i in range(4)]
+                sc = simulate(tasks, n_items=n_items, seed=1)
+                t0 = time.perf_counter()
+                table = fc.validate(sc.data)
+                t_val = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                fc.fit(table, seed=1, draws=500, tune=500, chains=2)
+                print(f"  {n_items:5d} items/cell ({len(sc.data):7d} rows): validate {t_val:.2f} s, "
+                      f"fit {time.perf_counter() - t0:.1f} s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ and report the posterior of the compute at which a threshold is crossed.
 >>> fc.forecast(fit, metric="exact_match", threshold=0.5, budget=1e25).table  # doctest: +SKIP
 """
 
+from .backtest import BacktestResult, backtest
 from .data import load_table as load_data
 from .data import validate
+from .effects import SettingEffects, setting_effects
 from .errors import DataError, ForecasterError, QueryError, SpecError
 from .fit import Diagnostics, FitResult, fit
 from .forecast import Forecast, forecast, metric_curve, trend
@@ -30,8 +32,16 @@ def plot_forecast(*args, **kwargs):
     return _plot(*args, **kwargs)
 
 
+def plot_setting_effects(*args, **kwargs):
+    """Forest plot of setting effects per task and pooled (see :mod:`forecaster.plotting`)."""
+    from .plotting import plot_setting_effects as _plot
+
+    return _plot(*args, **kwargs)
+
+
 __all__ = [
     "load_data", "validate", "fit", "forecast", "trend", "metric_curve", "metric_value", "save_fit", "load_fit",
     "plot_forecast", "demo_data", "simulate", "load_spec", "FitResult", "Forecast", "Diagnostics",
-    "ForecasterError", "DataError", "QueryError", "SpecError",
+    "ForecasterError", "DataError", "QueryError", "SpecError", "setting_effects", "SettingEffects",
+    "plot_setting_effects", "backtest", "BacktestResult",
 ]

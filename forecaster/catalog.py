@@ -302,7 +302,7 @@ def fill_compute(
             why = f" (the catalog knows only its parameter count: {partial[unknown[0]].source})"
         raise DataError(
             f"{source}: no training compute known for model {names}{why}; pass --compute-table FILE with columns "
-            "model,compute (FLOPs) or model,params,tokens"
+            "model,compute (FLOPs) or model,params,tokens, or --drop-unknown to leave them out"
         )
     fams = getattr(table, "families", {}) if table else {}
     if family is not None:

@@ -31,8 +31,16 @@ def _fail(msg: str, code: int = 2) -> None:
 
 def _run(fn):
     """Call ``fn``; turn expected errors into one line and exit code 2, anything else into one line and 1."""
+    import warnings
+
     try:
-        return fn()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            out = fn()
+        for w in caught:  # forecaster's own warnings (e.g. dropped models) as one line each
+            if issubclass(w.category, UserWarning) and "forecaster" in str(w.filename):
+                typer.echo(f"warning: {w.message}", err=True)
+        return out
     except typer.Exit:
         raise
     except ForecasterError as exc:
@@ -77,14 +85,14 @@ def _print_diagnostics(result) -> None:
         con.print("[green]converged: R-hat <= 1.01, ESS >= 400, no divergences[/]")
 
 
-def _load_inputs(data: list[Path], fmt: str, compute_table: Optional[Path], pool: bool):
+def _load_inputs(data: list[Path], fmt: str, compute_table: Optional[Path], pool: bool, drop_unknown: bool = False):
     from .data import load_table, validate
 
     if fmt == "tidy":
         return load_table(data, allow_single_compute=pool)
     from .importers import import_results
 
-    df = import_results(fmt, [str(p) for p in data], compute_table=compute_table)
+    df = import_results(fmt, [str(p) for p in data], compute_table=compute_table, drop_unknown=drop_unknown)
     return validate(df, source=", ".join(map(str, data)), allow_single_compute=pool)
 
 
@@ -104,6 +112,8 @@ def fit(
         help="Fit tasks seen at one compute only through the pooled slope prior.")] = False,
     from_format: Annotated[str, typer.Option("--from", help="Input format: tidy | lm-eval | inspect | bigbench | long")] = "tidy",
     compute_table: Annotated[Optional[Path], typer.Option(help="CSV: model -> params, tokens or compute.")] = None,
+    drop_unknown: Annotated[bool, typer.Option(
+        help="Drop (with a warning) models whose compute is unknown, instead of stopping.")] = False,
 ) -> None:
     """Fit the hierarchical scaling model and save the posterior."""
 
@@ -112,7 +122,7 @@ def fit(
         from .io import save_fit
 
         _check_out(output, (".nc",))
-        table = _load_inputs(data, from_format, compute_table, pool_single_compute)
+        table = _load_inputs(data, from_format, compute_table, pool_single_compute, drop_unknown)
         result = run_fit(
             table, model=model, seed=seed, draws=draws, tune=tune, chains=chains, sampler=sampler,
             target_accept=target_accept, allow_single_compute=pool_single_compute,
@@ -179,6 +189,9 @@ def forecast(
     budget: Annotated[Optional[float], typer.Option(help="Compute budget in FLOPs for P(reached by budget).")] = None,
     at: Annotated[Optional[str], typer.Option(help="Compute values for the metric's posterior, e.g. 1e23,1e24.")] = None,
     quantiles: Annotated[str, typer.Option(help="Quantiles of log10 crossing compute.")] = "0.05,0.25,0.5,0.75,0.95",
+    tokens_per_param: Annotated[Optional[float], typer.Option(
+        help="Forecast models trained with this many tokens per parameter (fits with params and tokens; "
+             "default: the data's median).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table | json | csv")] = "table",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
 ) -> None:
@@ -197,7 +210,7 @@ def forecast(
         result = load_fit(fit_file)
         fc = run_forecast(result, metric=metric, threshold=threshold, k=k, n=n, tasks=task or None,
                           families=family or None, settings=setting or None, budget=budget, at=at_vals,
-                          quantiles=qs)
+                          quantiles=qs, tokens_per_param=tokens_per_param)
         title = f"{metric} >= {threshold:g}" if metric != "edit_distance" else f"{metric} <= {threshold:g}"
         if not result.diagnostics.trusted:
             typer.echo("warning: the fit's posterior did not converge cleanly (see 'forecaster summary'); "
@@ -240,6 +253,86 @@ def plot(
         with atomic_path(output) as tmp:
             fig.savefig(tmp, format=output.suffix.lstrip(".").lower(), bbox_inches="tight", dpi=120)
         typer.echo(f"wrote {output}", err=True)
+
+    _run(go)
+
+
+def _interval(row, q: str, pct: bool = False, signed: bool = False) -> str:
+    import math
+
+    def f(v: float) -> str:
+        if not math.isfinite(v):
+            return "never" if v > 0 else "-never" if v < 0 else "n/a"
+        if pct:
+            return f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}"
+        return f"{v:+.2f}" if signed else f"{v:.2f}"
+
+    return f"{f(row[f'{q}_q50'])} [{f(row[f'{q}_q05'])}, {f(row[f'{q}_q95'])}]"
+
+
+@app.command()
+def effects(
+    fit_file: Annotated[Path, typer.Argument(metavar="FIT.nc", help="A fit with two or more settings.")],
+    reference: Annotated[Optional[str], typer.Option(help="Setting to compare against (default: the fit's reference, e.g. 0-shot).")] = None,
+    setting: Annotated[Optional[list[str]], typer.Option(help="Setting(s) to report (default: all but the reference).")] = None,
+    task: Annotated[Optional[list[str]], typer.Option(help="Task(s) to report (default all).")] = None,
+    family: Annotated[Optional[str], typer.Option(help="Family whose trend is used (default: the average family).")] = None,
+    metric: Annotated[str, typer.Option(help="exact_match | token_accuracy | edit_distance | pass_at_n")] = "exact_match",
+    k: Annotated[Optional[float], typer.Option(help="Answer length in tokens (default: each task's own).")] = None,
+    n: Annotated[int, typer.Option(help="Samples for pass_at_n.")] = 1,
+    at: Annotated[Optional[float], typer.Option(help="Compute (FLOPs) for the metric effect, e.g. 1e22 (default: each task's median observed compute).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | json | csv")] = "table",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    plot_file: Annotated[Optional[Path], typer.Option("--plot", help="Also draw a forest plot: out.png | out.svg | out.pdf")] = None,
+) -> None:
+    """Posterior of each setting's effect (few-shot, instruction tuning, ...) per task and pooled."""
+
+    def go():
+        from .effects import setting_effects
+        from .io import atomic_path, load_fit
+
+        if fmt not in FORMATS:
+            raise ForecasterError(f"unknown --format '{fmt}'; choose one of {', '.join(FORMATS)}")
+        if output is not None:
+            _check_out(output)
+        if plot_file is not None:
+            _check_out(plot_file, PLOT_SUFFIXES)
+        result = load_fit(fit_file)
+        eff = setting_effects(result, reference=reference, settings=setting or None, tasks=task or None,
+                              family=family, metric=metric, k=k, n=n, at=at)
+        fig = None
+        if plot_file is not None:  # draw before writing anything: a failure leaves no output file
+            from .plotting import plot_setting_effects
+
+            fig = plot_setting_effects(eff)
+        if not result.diagnostics.trusted:
+            typer.echo("warning: the fit's posterior did not converge cleanly (see 'forecaster summary'); "
+                       "treat these numbers with caution", err=True)
+        title = f"setting effects vs '{eff.reference}' (median [90% interval])"
+        if fmt == "json":
+            _write_table(eff.table, fmt, output, title, records=eff.records())
+        elif fmt == "csv":
+            _write_table(eff.table, fmt, output, title)
+        else:
+            import pandas as pd
+
+            unit = "pts" if metric != "edit_distance" else "tokens"
+            rows = []
+            for _, r in eff.table.iterrows():
+                rows.append({
+                    "task": r.task, "setting": r.setting, "log10 C": f"{r.log10_compute:.1f}",
+                    f"{metric} ref": _interval(r, "metric_ref", pct=metric != "edit_distance"),
+                    f"effect ({unit})": _interval(r, "metric_effect", pct=metric != "edit_distance", signed=True),
+                    "P better": f"{r.prob_better:.2f}",
+                    "compute-equiv. (decades)": _interval(r, "decades", signed=True),
+                    "CE factor": _interval(r, "ce_factor"),
+                    "slope shift": _interval(r, "db", signed=True),
+                })
+            _write_table(pd.DataFrame(rows), fmt, output, title)
+        if fig is not None:
+            with atomic_path(plot_file) as tmp:
+                fig.savefig(tmp, format=plot_file.suffix.lstrip(".").lower(), bbox_inches="tight", dpi=120)
+            typer.echo(f"wrote {plot_file}", err=True)
 
     _run(go)
 
@@ -303,12 +396,126 @@ def demo(
     _run(go)
 
 
+@app.command()
+def backtest(
+    data: Annotated[list[Path], typer.Argument(help="Tidy CSV/Parquet file(s), or result files with --from.")],
+    holdout_above: Annotated[Optional[float], typer.Option(
+        help="Hold out every model with compute above this (FLOPs), e.g. 1e21.")] = None,
+    holdout_largest: Annotated[Optional[int], typer.Option(
+        help="Hold out each family's N largest models (all their @step checkpoints).")] = None,
+    folds: Annotated[Optional[int], typer.Option(
+        help="Rolling origin: K cuts at quantiles of log compute; fit below each, forecast above.")] = None,
+    threshold: Annotated[float, typer.Option(help="Accuracy whose crossing compute is forecast.")] = 0.5,
+    methods: Annotated[str, typer.Option(help="Comma-separated: forecaster, logistic, unpooled.")] = (
+        "forecaster,logistic,unpooled"),
+    model: Annotated[str, typer.Option(help="Spec of the forecaster method (name or TOML path).")] = "default",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    draws: Annotated[int, typer.Option(help="Posterior draws per chain (each Bayesian fit).")] = 1000,
+    tune: Annotated[int, typer.Option(help="Tuning steps per chain.")] = 1000,
+    chains: Annotated[int, typer.Option(help="Number of chains.")] = 4,
+    sampler: Annotated[str, typer.Option(help="nutpie | pymc | numpyro")] = "nutpie",
+    fmt: Annotated[str, typer.Option("--format", help="table | json | csv (csv: the held-out points)")] = "table",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Calibration + predictions figure (.png/.svg/.pdf).")] = None,
+    from_format: Annotated[str, typer.Option("--from", help="Input format: tidy | lm-eval | inspect | bigbench | long")] = "tidy",
+    compute_table: Annotated[Optional[Path], typer.Option(help="CSV: model -> params, tokens or compute.")] = None,
+    drop_unknown: Annotated[bool, typer.Option(
+        help="Drop (with a warning) models whose compute is unknown, instead of stopping.")] = False,
+) -> None:
+    """Fit on the smaller models, forecast the held-out larger ones, score against two baselines."""
+
+    def go():
+        from .backtest import METHODS
+        from .backtest import backtest as run_backtest
+        from .io import atomic_path
+
+        given = [o for o, v in (("--holdout-above", holdout_above), ("--holdout-largest", holdout_largest),
+                                ("--folds", folds)) if v is not None]
+        if len(given) != 1:
+            raise ForecasterError("give exactly one of --holdout-above FLOPS, --holdout-largest N or --folds K"
+                                  + (f" (got {', '.join(given)})" if given else ""))
+        if holdout_largest is not None and holdout_largest < 1:
+            raise ForecasterError(f"--holdout-largest must be >= 1 model, got {holdout_largest}")
+        if folds is not None and folds < 1:
+            raise ForecasterError(f"--folds must be >= 1, got {folds}")
+        if holdout_above is not None and not holdout_above > 0:
+            raise ForecasterError(f"--holdout-above must be > 0 FLOPs, got {holdout_above:g}")
+        if fmt not in FORMATS:
+            raise ForecasterError(f"unknown --format '{fmt}'; choose one of {', '.join(FORMATS)}")
+        meths = [m.strip() for m in methods.split(",") if m.strip()]
+        bad = [m for m in meths if m not in METHODS]
+        if bad or not meths:
+            raise ForecasterError(f"unknown method {bad[0] if bad else '(none)'!r} in --methods; choose from "
+                                  f"{', '.join(METHODS)}")
+        if not 0 < threshold < 1:
+            raise ForecasterError(f"--threshold must be an accuracy in (0, 1), got {threshold:g}")
+        if output is not None:
+            _check_out(output)
+        if plot is not None:
+            _check_out(plot, PLOT_SUFFIXES)
+        table = _load_inputs(data, from_format, compute_table, True, drop_unknown)
+        res = run_backtest(table, holdout_above=holdout_above, holdout_largest=holdout_largest, folds=folds,
+                           threshold=threshold, methods=meths, model=model, seed=seed, draws=draws, tune=tune,
+                           chains=chains, sampler=sampler, progressbar=sys.stderr.isatty())
+        for s in res.splits:
+            typer.echo(f"{s['label']}: fit {', '.join(s['train_models'])}; forecast {', '.join(s['test_models'])}",
+                       err=True)
+        for note in res.notes:
+            typer.echo(f"note: {note}", err=True)
+        if fmt == "json":
+            _write_table(None, "json", output, "", records=res.to_json_dict())
+        elif fmt == "csv":
+            _write_table(res.points, "csv", output, "")
+        else:
+            from math import inf
+
+            from rich.console import Console
+            from rich.table import Table
+
+            def rich_table(df, title):
+                t = Table(title=title)
+                for col in df.columns:
+                    t.add_column(str(col), justify="right")
+                for _, row in df.iterrows():
+                    t.add_row(*["–" if v is None or (isinstance(v, float) and v != v) else
+                                ("not reached" if v > 0 else "already") if isinstance(v, float) and abs(v) == inf
+                                else f"{v:.3g}" if isinstance(v, float) else str(v) for v in row])
+                return t
+
+            sc = res.scores_table()
+            cr = res.crossings.drop(columns=["threshold"]).rename(columns=lambda c: c.replace("log10_compute_", "C "))
+            tables = [rich_table(sc, f"held-out accuracy: coverage, CRPS and median abs. error (pp); crossings of "
+                                     f"{threshold:g}"),
+                      rich_table(cr, f"log10 compute at which accuracy reaches {threshold:g}: observed vs forecast")]
+            if output is None:
+                con = Console(width=200)
+                for t in tables:
+                    con.print(t)
+            else:
+                con = Console(record=True, width=200, file=open("/dev/null", "w"))
+                for t in tables:
+                    con.print(t)
+                with atomic_path(output) as tmp:
+                    tmp.write_text(con.export_text())
+        if plot is not None:
+            from .backtest_plots import plot_backtest
+
+            fig = plot_backtest(res)
+            with atomic_path(plot) as tmp:
+                fig.savefig(tmp, format=plot.suffix.lstrip(".").lower(), bbox_inches="tight", dpi=120)
+            typer.echo(f"wrote {plot}", err=True)
+
+    _run(go)
+
+
 @app.command("import")
 def import_cmd(
     fmt: Annotated[str, typer.Argument(metavar="FORMAT", help="lm-eval | inspect | bigbench | long")],
     paths: Annotated[list[Path], typer.Argument(help="Result files or folders.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Tidy CSV to write.")],
     compute_table: Annotated[Optional[Path], typer.Option(help="CSV: model -> params, tokens or compute.")] = None,
+    drop_unknown: Annotated[bool, typer.Option(
+        help="Drop (with a warning) models whose compute is unknown, instead of stopping.")] = False,
 ) -> None:
     """Convert evaluation logs to the tidy input table."""
 
@@ -318,7 +525,7 @@ def import_cmd(
         from .io import atomic_path
 
         _check_out(output, (".csv",))
-        df = import_results(fmt, [str(p) for p in paths], compute_table=compute_table)
+        df = import_results(fmt, [str(p) for p in paths], compute_table=compute_table, drop_unknown=drop_unknown)
         validate(df, source=", ".join(map(str, paths)), allow_single_compute=True)
         with atomic_path(output) as tmp:
             df.to_csv(tmp, index=False)

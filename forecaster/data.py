@@ -212,6 +212,11 @@ def _check_rows(df: pd.DataFrame, *, source: str) -> pd.DataFrame:
         raise DataError(
             f"{source}: missing column 'compute'; add training FLOPs as 'compute', or both 'params' and 'tokens'"
         )
+    for col in ("params", "tokens"):
+        bad = df[col] <= 0 if col in df.columns else pd.Series(False, index=df.index)
+        if bad.any():
+            i = bad.idxmax()
+            raise DataError(f"{_where(source, df.at[i, _LINE])}: {col} must be > 0, got {df.at[i, col]:g}; fix or leave it empty")
     bad = df["compute"] <= 0
     if bad.any():
         i = bad.idxmax()
@@ -406,6 +411,15 @@ class CellData:
     group_ss_res: np.ndarray = field(default_factory=lambda: np.zeros(0))
     group_df_res: np.ndarray = field(default_factory=lambda: np.zeros(0))
     cell_group: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # balanced group of a cell, or -1
+    # log10(params / tokens) of each cell's model (NaN where params and tokens are not both given), and its median
+    cell_u: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    u0: float = float("nan")
+    # per task: median observed log CE over its cells with CE data (0 where none): the reference point of the
+    # item spread (forecaster.quadrature.item_spread)
+    spread_ref: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # base model of each cell ("pythia-1b@step13000" -> "pythia-1b": checkpoints of one model share it)
+    cell_base: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    bases: list[str] = field(default_factory=list)
     model_family: dict[str, str] = field(default_factory=dict)
     model_compute: dict[str, float] = field(default_factory=dict)
     task_k: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -519,6 +533,23 @@ def summarize(df: pd.DataFrame, c0: float | None = None) -> CellData:
             em_n[i] = r.n_items
             em_correct[i] = nc
 
+    cell_u = np.full(n, np.nan)
+    if {"params", "tokens"} <= set(df.columns):
+        pt_ = df.groupby(key, sort=True).agg(params=("params", "first"), tokens=("tokens", "first"))
+        pp, tk = pt_["params"].to_numpy(float), pt_["tokens"].to_numpy(float)
+        ok = np.isfinite(pp) & np.isfinite(tk) & (pp > 0) & (tk > 0)
+        cell_u[ok] = np.log10(pp[ok]) - np.log10(tk[ok])
+    u0 = float(np.round(np.median(cell_u[np.isfinite(cell_u)]), 2)) if np.isfinite(cell_u).any() else float("nan")
+
+    obs_lce = np.where(item_n > 0, item_mean, np.log(np.where(ce_obs > 0, ce_obs, np.nan)))
+    t_codes0 = _codes(cells["task"], tasks)[0]
+    spread_ref = np.array([
+        float(np.round(np.nanmedian(obs_lce[t_codes0 == j]), 2)) if np.isfinite(obs_lce[t_codes0 == j]).any() else 0.0
+        for j in range(len(tasks))
+    ])
+    base_names = cells["model"].astype(str).str.split("@", n=1).str[0]
+    cell_base, bases = _codes(base_names)
+
     x = np.log10(cells["compute"].to_numpy(float))
     if c0 is None:
         c0 = float(np.round(np.median(x), 2))
@@ -553,6 +584,11 @@ def summarize(df: pd.DataFrame, c0: float | None = None) -> CellData:
         group_ss_res=np.array(g_ssr, float),
         group_df_res=np.array(g_dfr, float),
         cell_group=cell_group,
+        cell_u=cell_u,
+        u0=u0,
+        cell_base=cell_base,
+        bases=bases,
+        spread_ref=spread_ref,
         model_family=mf,
         model_compute=mc,
         task_k=task_k,

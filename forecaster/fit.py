@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ __all__ = ["FitResult", "Diagnostics", "fit", "diagnose", "SAMPLERS", "STORED_CO
 SAMPLERS = ("nutpie", "pymc", "numpyro")
 #: Columns of the tidy table stored with a fit.
 STORED_COLUMNS = (
-    "family", "model", "task", "setting", "kind", "item", "compute", "n_tokens", "logprob", "correct",
+    "family", "model", "task", "setting", "kind", "item", "compute", "params", "tokens", "n_tokens", "logprob", "correct",
     "n_items", "ce", "n_correct",
 )
 RHAT_MAX = 1.01
@@ -136,7 +137,7 @@ class FitResult:
     def summary(self) -> pd.DataFrame:
         """Posterior summary (mean, sd, intervals, R-hat, ESS) of the main parameters."""
         post = self.posterior
-        names = [v for v in post.data_vars if not v.endswith(_SKIP_DIAG) and v not in ("mu_cell", "eps")]
+        names = [v for v in post.data_vars if not v.endswith(_SKIP_DIAG) and v != "mu_cell"]
         with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
             warnings.simplefilter("ignore", RuntimeWarning)
             return az.summary(self.tree, var_names=names)
@@ -241,11 +242,20 @@ def fit(
         spread = {pm_model["sigma_item"]}
         if "item_persistence" in pm_model.named_vars:
             spread.add(pm_model["item_persistence"])
-        kwargs["initvals"] = {"sigma_item": np.ones(len(cells.tasks))}
-        kwargs["compile_kwargs"] = {"jitter_rvs": set(pm_model.free_RVs) - spread}
-    with pm_model, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        idata = pm.sample(**kwargs)
+        initvals = {"sigma_item": np.ones(len(cells.tasks))}
+        # ... and at a growing spread: a constant large spread is the same spurious mode for CE with accuracy
+        # (Pythia LAMBADA: a chain started near spread_slope 0 stayed at sigma_item ~3, R-hat 1.8)
+        for name in ("spread_slope", "spread_slope_free"):
+            if name in pm_model.named_vars and pm_model[name] in pm_model.free_RVs:
+                spread.add(pm_model[name])
+                point = pm_model.initial_point()
+                key = next(k for k in point if k == name or k.startswith(f"{name}_") and k.endswith("__"))
+                initvals[name] = np.full(point[key].shape, 0.15)
+        idata = _sample_nutpie(pm_model, initvals, set(pm_model.free_RVs) - spread, kwargs)
+    else:
+        with pm_model, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            idata = pm.sample(**kwargs)
     tree = _tidy_tree(idata)
     centered_task, _ = choose_parametrization(cells, spec)
     options = dict(
@@ -260,6 +270,27 @@ def fit(
     )
     tree["forecaster"] = xr.DataTree(meta)
     return FitResult(tree=tree, data=table, spec=spec, cells=cells, diagnostics=diagnose(tree), options=options)
+
+
+def _sample_nutpie(pm_model: pm.Model, initvals: dict, jitter_rvs: set, kwargs: dict):
+    """What ``pm.sample(nuts_sampler="nutpie", ...)`` does (same seeds, same draws), with a cached compile."""
+    import nutpie
+    from pymc.backends.arviz import patch_nutpie_idata
+
+    from .compile_cache import compile_nutpie
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiled = compile_nutpie(pm_model, initial_points=initvals, jitter_rvs=jitter_rvs)
+        seed = int(np.random.default_rng(kwargs["random_seed"]).spawn(kwargs["chains"])[0].integers(2**30))
+        t0 = time.time()
+        idata = nutpie.sample(
+            compiled, draws=kwargs["draws"], tune=max(1, kwargs["tune"]), chains=kwargs["chains"],
+            cores=min(4, os.cpu_count() or 1), seed=seed, target_accept=kwargs["target_accept"],
+            save_warmup=False, progress_bar=bool(kwargs["progressbar"]),
+        )
+        patch_nutpie_idata(idata, pm_model, sampling_time=time.time() - t0)
+    return idata
 
 
 def _tidy_tree(idata) -> xr.DataTree:

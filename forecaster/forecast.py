@@ -86,9 +86,16 @@ def _select(name: str, requested: Sequence[str] | str | None, known: list[str]) 
     return list(requested)
 
 
-def trend(fit: FitResult, tasks=None, families=None, settings=None) -> xr.Dataset:
+def trend(fit: FitResult, tasks=None, families=None, settings=None, tokens_per_param: float | None = None
+          ) -> xr.Dataset:
     """Per-draw trend of log CE: ``intercept`` (task, family, setting) and ``slope`` (task, setting) at ``x - c0``,
-    with ``sigma_item`` (task) and ``sigma_cell`` (scalar, 0 when the model has no cell deviations)."""
+    with ``sigma_item`` (task) and ``sigma_cell`` (scalar: spread of a new model's cell around the trend, its
+    model-level and cell-level deviations together; 0 when the model has neither).
+
+    With a params/tokens effect (``alloc``) the trend is that of models trained
+    with ``tokens_per_param`` tokens per parameter (default: the fitted data's
+    median ratio, attribute ``u_path = log10(params / tokens)``).
+    """
     post = fit.posterior
     cells = fit.cells
     tasks = _select("task", tasks, cells.tasks)
@@ -105,14 +112,29 @@ def trend(fit: FitResult, tasks=None, families=None, settings=None) -> xr.Datase
         zero = xr.DataArray(np.zeros((len(tasks), len(settings))), coords={"task": tasks, "setting": settings},
                             dims=("task", "setting"))
         da = db = zero
-    intercept = (a + fam + da).transpose("chain", "draw", "task", "family", "setting")
+    intercept = a + fam + da
+    u0 = float(fit.cells.u0)
+    if "alloc" in post:
+        alloc = post["alloc"].sel(task=tasks)
+        if tokens_per_param is not None and not tokens_per_param > 0:
+            raise QueryError(f"--tokens-per-param must be > 0, got {tokens_per_param:g}")
+        u_path = u0 if tokens_per_param is None else -float(np.log10(tokens_per_param))
+        intercept = intercept + alloc * (u_path - u0)
+    else:
+        alloc = xr.zeros_like(post["a"].sel(task=tasks))
+        u_path = u0
+    intercept = intercept.transpose("chain", "draw", "task", "family", "setting")
     slope = (b + db).transpose("chain", "draw", "task", "setting")
     sigma_item = post["sigma_item"].sel(task=tasks)
     sigma_cell = post["sigma_cell"] if "sigma_cell" in post else xr.zeros_like(post["a"].isel(task=0, drop=True))
+    if "sigma_model" in post:  # a new model deviates as a whole and in each cell
+        sigma_cell = np.sqrt(sigma_cell**2 + post["sigma_model"] ** 2)
     spread_slope = post["spread_slope"].sel(task=tasks) if "spread_slope" in post else xr.zeros_like(sigma_item)
+    ref = xr.DataArray([float(cells.spread_ref[cells.tasks.index(t)]) for t in tasks], coords={"task": tasks},
+                       dims="task")
     return xr.Dataset({"intercept": intercept, "slope": slope, "sigma_item": sigma_item, "sigma_cell": sigma_cell,
-                       "spread_slope": spread_slope, "spread_ref": a},
-                      attrs={"c0": cells.c0})
+                       "spread_slope": spread_slope, "spread_ref": xr.zeros_like(sigma_item) + ref, "alloc": alloc},
+                      attrs={"c0": cells.c0, "u0": u0, "u_path": u_path})
 
 
 def spread_at(tr: xr.Dataset, log_ce: xr.DataArray) -> xr.DataArray:
@@ -153,6 +175,7 @@ def forecast(
     at: Sequence[float] | None = None,
     quantiles: Sequence[float] = DEFAULT_QUANTILES,
     seed: int = 0,
+    tokens_per_param: float | None = None,
 ) -> Forecast:
     """Posterior of the compute at which ``metric`` reaches ``threshold``.
 
@@ -176,6 +199,9 @@ def forecast(
         Quantiles of log10 crossing compute to report.
     seed : int
         Seed for a new model's deviation from the trend in ``at``.
+    tokens_per_param : float, optional
+        Forecast models trained with this many tokens per parameter (only with
+        a params/tokens effect; default: the fitted data's median ratio).
 
     Returns
     -------
@@ -190,7 +216,7 @@ def forecast(
             raise QueryError(f"quantile {q:g} is outside (0, 1); give e.g. 0.05,0.5,0.95")
     if budget is not None and not budget > 0:
         raise QueryError(f"--budget must be > 0 FLOPs, got {budget:g}")
-    tr = trend(fit, tasks, families, settings)
+    tr = trend(fit, tasks, families, settings, tokens_per_param)
     tasks_l = list(tr["task"].values)
     kk = _task_k(fit, tasks_l, k)
     c0 = fit.cells.c0
@@ -233,7 +259,9 @@ def forecast(
                 rows.append(row)
     table = pd.DataFrame(rows)
     draws = xr.Dataset({"log10_compute": log10_c},
-                       attrs={"metric": metric, "threshold": threshold, "c0": c0, "n": int(n)})
+                       attrs={"metric": metric, "threshold": threshold, "c0": c0, "n": int(n),
+                              "tokens_per_param": float(10.0 ** -tr.attrs["u_path"]) if np.isfinite(tr.attrs["u_path"])
+                              else np.nan})
 
     at_table = None
     if at:
@@ -269,9 +297,9 @@ def forecast(
 
 
 def metric_curve(fit: FitResult, task: str, family: str, setting: str, metric: str, log10_grid: np.ndarray,
-                 k: float | None = None, n: int = 1) -> xr.DataArray:
+                 k: float | None = None, n: int = 1, tokens_per_param: float | None = None) -> xr.DataArray:
     """Per-draw expected metric on the trend (no new-model deviation) over a grid of log10 compute."""
-    tr = trend(fit, [task], [family], [setting])
+    tr = trend(fit, [task], [family], [setting], tokens_per_param)
     kt = float(_task_k(fit, [task], k).values[0])
     lc = (tr["intercept"].isel(task=0, family=0, setting=0).values[..., None]
           + tr["slope"].isel(task=0, setting=0).values[..., None] * (np.asarray(log10_grid) - fit.cells.c0))

@@ -6,9 +6,13 @@ forecast stage (per draw):
 * ``a`` (task), ``b`` (task): task intercept and slope of log CE vs ``x - c0``;
 * ``a_family`` (family): family offsets (absent with one family);
 * ``da``, ``db`` (task, setting): setting effects (reference setting = 0; absent with one setting);
-* ``sigma_item`` (task): spread of log CE across items at one model (where the task's typical item is at ``a``);
+* ``sigma_item`` (task): spread of log CE across items at one model (where the task's typical item is at its
+  median observed log CE, ``cells.spread_ref``);
 * ``spread_slope`` (task): growth of that spread as the task is learned (absent when switched off;
   :func:`forecaster.metrics.item_spread`);
+* ``alloc`` (task): effect of log10(params / tokens) at fixed compute (absent without params and tokens;
+  :func:`use_allocation`);
+* ``sigma_model``: spread of a model's (all its checkpoints') deviation from the trend (absent when off);
 * ``sigma_cell``: spread of a new model's cell around the trend (absent when switched off);
 * ``mu_cell`` (cell): fitted log CE of the typical item in each observed cell.
 """
@@ -21,9 +25,10 @@ import pytensor.tensor as pt
 
 from .data import CellData
 from .quadrature import item_spread, normal_nodes
+from .errors import SpecError
 from .spec import ModelSpec
 
-__all__ = ["build_model", "choose_parametrization", "model_coords"]
+__all__ = ["build_model", "choose_parametrization", "model_coords", "model_deviation_index", "use_allocation"]
 
 _SS_EPS = 1e-9
 
@@ -113,6 +118,69 @@ def _halfnormal_second_moment(p: dict) -> float | None:
     return None
 
 
+def model_deviation_index(cells: CellData, spec: ModelSpec) -> np.ndarray | None:
+    """Index of each cell's (base model, task) deviation, or None when the model has none.
+
+    A model evaluated at several checkpoints (``name@step...``) deviates from
+    the trend as a whole: its checkpoints share one deviation per task, on top
+    of each cell's own. Without it, 14 checkpoints of each of two models count
+    as 28 independent looks at the slope (Pythia LAMBADA backtest: 90%
+    intervals covered 27% of the larger models). ``auto``: on when some model
+    has two or more checkpoints on a task.
+    """
+    choice = spec.structure.get("model_deviation", False)
+    if choice is False or len(cells.cell_base) != cells.n_cells:
+        return None
+    pairs = cells.cell_base * len(cells.tasks) + cells.cell_task
+    _, idx, counts = np.unique(pairs, return_inverse=True, return_counts=True)
+    if choice == "auto" and counts.max() < 2:
+        return None
+    return idx.astype(int)
+
+
+def use_allocation(cells: CellData, spec: ModelSpec) -> bool:
+    """Whether the model gets the params/tokens effect ``alloc[task] * (u - u0)``, ``u = log10(params / tokens)``.
+
+    With ``u`` the compute slope ``b`` is the slope at a fixed params/tokens
+    ratio, and ``b + alloc`` / ``b - alloc`` are the slopes in log10 params /
+    log10 tokens. Checkpoints of one model differ only in tokens, models in
+    params: on Pythia LAMBADA, 70M and 160M checkpoints barely improve with
+    tokens while larger models are far better at the same compute, and a
+    compute-only trend fitted on them forecast the larger models 1.7 decades
+    too late. ``auto``: on when every cell has params and tokens and their
+    ratio varies (>= 0.3 decades).
+    """
+    choice = spec.structure.get("allocation_effect", False)
+    if choice is False or len(cells.cell_u) != cells.n_cells:
+        return False
+    u = cells.cell_u
+    if not np.isfinite(u).all():
+        if choice is True:
+            raise SpecError("allocation_effect = true needs columns params and tokens for every row; "
+                            "add them or set allocation_effect = \"auto\"")
+        return False
+    return bool(choice is True or np.ptp(u) >= 0.3)
+
+
+def _spread_slope(spec: ModelSpec, cells: CellData):
+    """Per-task growth of the item spread; fixed at 0 for tasks without log-prob or CE data at >= 2 computes.
+
+    Only a task's CE data next to its accuracy tell the spread apart from the
+    typical item's log CE; from accuracy alone it is not identified (Pythia
+    two-digit addition, accuracy only: R-hat 2.0 on ``spread_slope``).
+    """
+    has_ce = (cells.item_n > 0) | np.isfinite(cells.ce_obs)
+    ok = np.array([len(np.unique(np.round(cells.cell_x[has_ce & (cells.cell_task == j)], 6))) >= 2
+                   for j in range(len(cells.tasks))])
+    if ok.all():
+        return spec.prior("spread_slope", dims="task")
+    if not ok.any():
+        return pm.Deterministic("spread_slope", pt.zeros(len(ok)), dims="task")
+    free = spec.prior("spread_slope", shape=int(ok.sum()), rv_name="spread_slope_free")
+    full = pt.set_subtensor(pt.zeros(len(ok))[np.flatnonzero(ok)], free)
+    return pm.Deterministic("spread_slope", full, dims="task")
+
+
 def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
     """Build the hierarchical model for ``cells`` under ``spec``.
 
@@ -148,18 +216,27 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
             setting_b = spec.prior("setting_b", dims="setting_effect")
             sigma_sa = spec.prior("sigma_setting_a")
             sigma_sb = spec.prior("sigma_setting_b")
-            za = pm.Normal("da_z", 0.0, 1.0, dims=("task", "setting_effect"))
-            zb = pm.Normal("db_z", 0.0, 1.0, dims=("task", "setting_effect"))
             zeros = pt.zeros((n_task, 1))
-            da = pm.Deterministic(
-                "da", pt.concatenate([zeros, setting_a[None, :] + sigma_sa * za], axis=1), dims=("task", "setting")
-            )
-            db = pm.Deterministic(
-                "db", pt.concatenate([zeros, setting_b[None, :] + sigma_sb * zb], axis=1), dims=("task", "setting")
-            )
+            dims = ("task", "setting_effect")
+            # non-centered: measured on the demo, centered intercept shifts gave 28-40 divergences (vs 5-31)
+            # and centered slope shifts collapsed sigma_setting_b (R-hat 1.47)
+            ea = setting_a[None, :] + sigma_sa * pm.Normal("da_z", 0.0, 1.0, dims=dims)
+            eb = setting_b[None, :] + sigma_sb * pm.Normal("db_z", 0.0, 1.0, dims=dims)
+            da = pm.Deterministic("da", pt.concatenate([zeros, ea], axis=1), dims=("task", "setting"))
+            db = pm.Deterministic("db", pt.concatenate([zeros, eb], axis=1), dims=("task", "setting"))
             intercept = intercept + da[t, s]
             slope = slope + db[t, s]
         mu = intercept + slope * xc
+        if use_allocation(cells, spec):
+            # at fixed compute, the split between parameters and tokens moves log CE too (see use_allocation)
+            alloc = _task_level(spec, "alloc", "mu_alloc", "sigma_alloc", centered_task)
+            mu = mu + alloc[t] * (cells.cell_u - cells.u0)
+        bt = model_deviation_index(cells, spec)
+        if bt is not None:
+            # checkpoints of one model share that model's deviation from the trend (per task)
+            sigma_model = spec.prior("sigma_model")
+            z_model = pm.Normal("model_dev_z", 0.0, 1.0, shape=int(bt.max()) + 1)
+            mu = mu + sigma_model * z_model[bt]
         if st["cell_deviation"]:
             # each cell's log CE deviates from its trend; centered cells are sampled around the trend itself
             # (not as trend + centered deviation, which ties every well-measured cell to the trend's parameters)
@@ -171,8 +248,8 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
         sigma_item = spec.prior("sigma_item", dims="task")
         if st["spread_varies"]:
             # the item spread of a cell follows how far the task has been learned there (see item_spread)
-            spread_slope = spec.prior("spread_slope", dims="task")
-            s_cell = item_spread(mu, sigma_item[t], spread_slope[t], a[t], xp=pt)
+            spread_slope = _spread_slope(spec, cells)
+            s_cell = item_spread(mu, sigma_item[t], spread_slope[t], cells.spread_ref[t], xp=pt)
         else:
             s_cell = sigma_item[t]
         var_w = s_cell**2

@@ -20,9 +20,9 @@ from scipy.stats import beta as beta_dist
 from .errors import QueryError
 from .fit import FitResult
 from .forecast import MAX_LOG10_COMPUTE, Forecast, forecast, metric_curve, trend
-from .metrics import METRICS
+from .metrics import METRICS, item_spread
 
-__all__ = ["plot_forecast", "plot_crossing", "MAX_PLOT_DRAWS"]
+__all__ = ["plot_forecast", "plot_crossing", "plot_setting_effects", "MAX_PLOT_DRAWS"]
 
 #: Posterior draws used for the bands (thinned evenly beyond this).
 MAX_PLOT_DRAWS = 1000
@@ -57,7 +57,7 @@ def _thin(fit: FitResult, max_draws: int = MAX_PLOT_DRAWS) -> FitResult:
     if total <= max_draws:
         return fit
     step = math.ceil(total / max_draws)
-    keep = [v for v in post.data_vars if v not in ("eps", "mu_cell") and not v.endswith("_z")]
+    keep = [v for v in post.data_vars if v != "mu_cell" and not v.endswith(("_z", "_c"))]
     thinned = post[keep].isel(draw=slice(None, None, step))
     tree = xr.DataTree(children={"posterior": xr.DataTree(thinned)})
     return dataclasses.replace(fit, tree=tree)
@@ -225,7 +225,11 @@ def _logce_panel(ax, fit, thin, task, family, setting, grid, mask):
                 label="observed:\nmean log CE over items")
     agg = mask & ~item & np.isfinite(c.ce_obs) & (c.ce_obs > 0)
     if agg.any():
-        sig = float(np.median(tr["sigma_item"].isel(task=0).values))
+        t0 = trend(fit, [task], [family], [setting]).isel(task=0)
+        mc = fit.posterior["mu_cell"].values[..., agg]  # each cell's item spread follows its fitted log CE
+        sg = item_spread(mc, t0["sigma_item"].values[..., None], t0["spread_slope"].values[..., None],
+                         t0["spread_ref"].values[..., None])
+        sig = np.median(sg.reshape(-1, int(agg.sum())), axis=0)
         ax.plot(10.0 ** c.cell_x[agg], np.log(c.ce_obs[agg]) - sig**2 / 2, "s", color=_C_AGG, ms=4, zorder=5,
                 label="observed: log(mean CE) − σ²/2\n(aggregate CE, σ = item spread)")
     rest = mask & ~item & ~agg
@@ -386,4 +390,120 @@ def plot_crossing(result: Forecast, *, max_log10: float = MAX_LOG10_COMPUTE) -> 
     ax.set_title(f"{attrs.get('metric', '')} ≥ {attrs.get('threshold', '')}" if attrs.get("metric") != "edit_distance"
                  else f"edit distance ≤ {attrs.get('threshold', '')}")
     ax.grid(True, axis="x", alpha=0.3)
+    return fig
+
+
+def _forest_row(ax, y: float, v: np.ndarray, color: str, lim: tuple[float, float] | None = None) -> None:
+    """Median dot, 50% (thick) and 90% (thin) interval of the draws ``v`` at height ``y``; clipped to ``lim``
+    with an arrow marker where an interval runs beyond the axis (or to infinity)."""
+    with np.errstate(invalid="ignore"):
+        q = np.quantile(v, [0.05, 0.25, 0.5, 0.75, 0.95], method="inverted_cdf")
+    clip = (lambda z: z) if lim is None else (lambda z: float(np.clip(z, lim[0], lim[1])))
+    ax.plot([clip(q[0]), clip(q[4])], [y, y], color=color, lw=1.2, solid_capstyle="butt")
+    ax.plot([clip(q[1]), clip(q[3])], [y, y], color=color, lw=4.0, solid_capstyle="butt")
+    ax.plot([clip(q[2])], [y], "o", color=color, ms=5, mec="white", mew=0.8, zorder=3)
+    if lim is not None:
+        if q[4] > lim[1]:
+            ax.plot([lim[1]], [y], ">", color=color, ms=5, clip_on=False)
+        if q[0] < lim[0]:
+            ax.plot([lim[0]], [y], "<", color=color, ms=5, clip_on=False)
+
+
+def plot_setting_effects(effects, *, decades: bool = True, sort: bool = True, max_decades: float = 6.0) -> Figure:
+    """Forest plot of setting effects (see :func:`forecaster.effects.setting_effects`).
+
+    One panel per non-reference setting: each task's change in the metric (setting minus reference, at the
+    row's compute; percentage points for metrics in [0, 1]) with its posterior median, 50% (thick) and 90%
+    (thin) interval and the probability that the setting is better, and a pooled row (the average over
+    tasks) at the bottom. With ``decades``, a second panel per setting shows the compute-equivalent of the
+    effect: the decades of extra training compute the reference setting would need to match it (the axis fits
+    the 90% intervals, at most +-``max_decades``; arrows mark intervals that run beyond, including to "never").
+
+    Parameters
+    ----------
+    effects : SettingEffects
+    decades : bool
+        Add the compute-equivalent panels.
+    sort : bool
+        Order tasks by the median effect in the first setting (largest on top); else the fit's order.
+    max_decades : float
+        Largest half-width of the compute-equivalent axis.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from .effects import POOLED
+
+    draws = effects.draws
+    settings = [str(s) for s in draws["setting"].values]
+    tasks = [str(t) for t in draws["task"].values if t != POOLED]
+    metric = str(draws.attrs.get("metric", "exact_match"))
+    as_pct = metric != "edit_distance"
+    scale = 100.0 if as_pct else 1.0
+    eff = draws["metric_effect"]
+    flat = lambda da: da.values.reshape(-1)  # noqa: E731
+    if sort:
+        med = {t: float(np.median(eff.sel(task=t, setting=settings[0]).values)) for t in tasks}
+        tasks = sorted(tasks, key=lambda t: -med[t] if METRICS.get(metric, True) else med[t])
+    rows = [*tasks, POOLED]
+    ys = {t: i for i, t in enumerate(rows)}
+    ys[POOLED] = len(tasks) + 0.4  # a little gap above the pooled row
+    ncol = len(settings) * (2 if decades else 1)
+    if decades:  # one axis range for every setting, fitted to the 90% intervals, at most +-max_decades
+        dec = draws["decades"].values
+        with np.errstate(invalid="ignore"):
+            ends = np.quantile(dec.reshape(-1, dec.shape[-2] * dec.shape[-1]), [0.05, 0.95], axis=0,
+                               method="inverted_cdf")
+        ends = ends[np.isfinite(ends)]
+        lo_d = float(max(-max_decades, min(-0.25, 1.1 * ends.min()))) if ends.size else -max_decades
+        hi_d = float(min(max_decades, max(0.25, 1.1 * ends.max()))) if ends.size else max_decades
+        pad = 0.03 * (hi_d - lo_d)
+    width_ratios = [1.6, 1.0] * len(settings) if decades else [1.0] * len(settings)
+    fig = Figure(figsize=(2.4 + 3.3 * ncol * (0.8 if decades else 1.0), 1.3 + 0.27 * len(rows)),
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncol, sharey=True, gridspec_kw={"width_ratios": width_ratios}, squeeze=False)[0]
+    kind = {"exact_match": "exact match", "token_accuracy": "token accuracy", "pass_at_n": "pass@n",
+            "edit_distance": "expected wrong tokens"}.get(metric, metric)
+    for si, s in enumerate(settings):
+        ax = axes[si * (2 if decades else 1)]
+        for t in rows:
+            color = "black" if t == POOLED else _C_FIT
+            _forest_row(ax, ys[t], scale * flat(eff.sel(task=t, setting=s)), color)
+            p = float(effects.table.loc[(effects.table.task == t) & (effects.table.setting == s), "prob_better"].iloc[0])
+            ax.annotate(f"P={p:.2f}", (1.0, ys[t]), xycoords=("axes fraction", "data"), xytext=(3, 0),
+                        textcoords="offset points", va="center", fontsize="x-small", color="0.35",
+                        annotation_clip=False)
+        ax.axvline(0.0, color="0.4", lw=0.8, ls="--")
+        ax.axhline(len(tasks) - 0.3, color="0.7", lw=0.6)
+        ax.set_title(f"{s} vs {effects.reference}", fontsize="medium")
+        ax.set_xlabel(f"Δ {kind}" + (" (% points)" if as_pct else ""))
+        ax.grid(True, axis="x", alpha=0.3)
+        if decades:
+            axd = axes[si * 2 + 1]
+            for t in rows:
+                color = "black" if t == POOLED else _C_CROSS
+                _forest_row(axd, ys[t], flat(draws["decades"].sel(task=t, setting=s)), color, lim=(lo_d, hi_d))
+            axd.axvline(0.0, color="0.4", lw=0.8, ls="--")
+            axd.axhline(len(tasks) - 0.3, color="0.7", lw=0.6)
+            axd.set_xlim(lo_d - pad, hi_d + pad)
+            axd.set_xlabel("compute-equiv. (decades)")
+            axd.set_title(f"extra compute {effects.reference} needs", fontsize="small")
+            axd.grid(True, axis="x", alpha=0.3)
+    effect_axes = axes[:: 2 if decades else 1]
+    lo = min(a.get_xlim()[0] for a in effect_axes)
+    hi = max(a.get_xlim()[1] for a in effect_axes)
+    for a in effect_axes:  # one scale for every setting's effect panel
+        a.set_xlim(lo, hi)
+    ax0 = axes[0]
+    ax0.set_yticks([ys[t] for t in rows], [*tasks, "pooled (mean over tasks;\ndecades: population)"],
+                   fontsize="small")
+    ax0.set_ylim(ys[POOLED] + 0.8, -0.8)
+    ax0.tick_params(axis="y", length=0)
+    fam = draws.attrs.get("family", "(average)")
+    at = draws.attrs.get("at")
+    where = f"at {at:.3g} FLOPs" if at else "at each task's median observed compute"
+    fig.suptitle(f"setting effects on {kind} — median, 50% and 90% intervals; {where}; family {fam}",
+                 fontsize="small")
     return fig

@@ -23,7 +23,9 @@ def normal_nodes(n: int) -> tuple[np.ndarray, np.ndarray]:
 def item_spread(log_ce, sigma_item, spread_slope, ref, xp=np):
     """Spread of items' log CE at a cell whose typical item has log CE ``log_ce``.
 
-    ``sigma_item`` at the task's reference point ``ref`` (its intercept at ``c0``);
+    ``sigma_item`` at the task's reference point ``ref`` (a fixed log CE: the
+    task's median observed one; not a parameter, which would trade off
+    against ``sigma_item`` and the trend's intercept);
     with ``h = spread_slope * (ref - log_ce)`` (how much better than the
     reference the cell is, scaled) the spread is ``sigma_item * (1 + h)`` as
     the task is learned (h > 0: hard items improve more slowly than easy ones,

@@ -25,7 +25,8 @@ REQUIRED_PRIORS = (
     "em_concentration",
 )
 #: Priors needed only when a structure switch asks for them (switch -> prior).
-OPTIONAL_PRIORS = {"spread_varies": "spread_slope"}
+OPTIONAL_PRIORS = {"spread_varies": ("spread_slope",), "allocation_effect": ("mu_alloc", "sigma_alloc"),
+                   "model_deviation": ("sigma_model",)}
 # Priors that are spreads or rates: a fixed value must be positive.
 _POSITIVE = {n for n in REQUIRED_PRIORS if n.startswith("sigma")} | {"em_concentration"}
 STRUCTURE_DEFAULTS: dict[str, Any] = {
@@ -39,10 +40,16 @@ STRUCTURE_DEFAULTS: dict[str, Any] = {
     "quadrature_nodes": 24,
     # Item spread grows (or shrinks) as the task is learned; off when a spec does not say (older specs).
     "spread_varies": False,
+    # Separate effect of the params/tokens split at fixed compute ("auto": when the data give both).
+    "allocation_effect": False,
+    # A deviation per (model, task) shared by the model's checkpoints ("auto": when there are checkpoints).
+    "model_deviation": False,
 }
 _CHOICES = {
     "parametrization": {"auto", "centered", "noncentered"},
     "em_likelihood": {"binomial", "betabinomial"},
+    "allocation_effect": {True, False, "auto"},
+    "model_deviation": {True, False, "auto"},
 }
 
 
@@ -64,9 +71,10 @@ class ModelSpec:
     priors: dict[str, dict[str, Any]]
     text: str = field(repr=False, default="")
 
-    def prior(self, name: str, *, dims=None, shape=None) -> Any:
-        """Create the PyMC random variable for prior ``name`` inside the current model context."""
+    def prior(self, name: str, *, dims=None, shape=None, rv_name: str | None = None) -> Any:
+        """Create the PyMC random variable for prior ``name`` (named ``rv_name``, default ``name``) in the current model."""
         p = dict(self.priors[name])
+        label = rv_name or name
         if "value" in p:  # a fixed value (no pooling): kept in the posterior as a constant
             import pytensor.tensor as pt
 
@@ -76,14 +84,14 @@ class ModelSpec:
                 val = pt.fill(pt.zeros(n), val)
             elif shape is not None:
                 val = pt.fill(pt.zeros(shape), val)
-            return pm.Deterministic(name, val, dims=dims)
+            return pm.Deterministic(label, val, dims=dims)
         dist = p.pop("dist")
         kw: dict[str, Any] = {}
         if dims is not None:
             kw["dims"] = dims
         if shape is not None:
             kw["shape"] = shape
-        return getattr(pm, dist)(name, **p, **kw)
+        return getattr(pm, dist)(label, **p, **kw)
 
     def prior_params(self, name: str) -> dict[str, Any]:
         p = dict(self.priors[name])
@@ -107,10 +115,12 @@ def _parse(text: str, where: str) -> ModelSpec:
     for name in REQUIRED_PRIORS:
         if name not in priors:
             raise SpecError(f"{where}: [priors] lacks '{name}'; copy it from the default spec")
-    for switch, name in OPTIONAL_PRIORS.items():
-        if structure[switch] and name not in priors:
-            raise SpecError(f"{where}: [structure] {switch} = true needs a prior '{name}'; copy it from the default spec")
-    known = REQUIRED_PRIORS + tuple(OPTIONAL_PRIORS.values())
+    for switch, names in OPTIONAL_PRIORS.items():
+        for name in names:
+            if structure[switch] and name not in priors:
+                raise SpecError(f"{where}: [structure] {switch} = {structure[switch]!r} needs a prior '{name}'; "
+                                "copy it from the default spec")
+    known = REQUIRED_PRIORS + tuple(n for names in OPTIONAL_PRIORS.values() for n in names)
     for name, p in priors.items():
         if name not in known:
             raise SpecError(f"{where}: unknown prior '{name}'; known: {', '.join(known)}")

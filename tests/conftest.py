@@ -8,6 +8,20 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_compile_cache(tmp_path_factory):
+    """Tests compile into their own cache (hermetic; compiled models are still shared within the session)."""
+    import os
+
+    old = os.environ.get("FORECASTER_CACHE")
+    os.environ["FORECASTER_CACHE"] = str(tmp_path_factory.mktemp("compile-cache"))
+    yield
+    if old is None:
+        os.environ.pop("FORECASTER_CACHE", None)
+    else:
+        os.environ["FORECASTER_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def demo_table():
     from forecaster.data import validate

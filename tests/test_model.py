@@ -21,7 +21,10 @@ def test_demo_model_structure(demo_table):
     assert isinstance(m, pm.Model)
     names = {v.name for v in m.free_RVs}
     assert {"mu_a", "sigma_a", "mu_b", "sigma_b", "a", "b", "a_family", "sigma_item", "sigma_cell",
-            "spread_slope"} <= names
+            "spread_slope_free"} <= names
+    # the accuracy-only task's spread growth is not identified: fixed at 0, the others free
+    slope = m["spread_slope"].eval({m["spread_slope_free"]: np.ones(3)})
+    assert list(slope) == [1.0 if t != "logic-acc" else 0.0 for t in cells.tasks]
     assert "mu_cell" in m.named_vars
     obs = {v.name for v in m.observed_RVs}
     # per-item log-probs (balanced groups), aggregate CE and exact-match counts all enter

@@ -30,11 +30,13 @@ def _lambada_table(max_ckpts: int = 6) -> pd.DataFrame:
         idx = np.unique(np.linspace(0, len(steps) - 1, max_ckpts).round().astype(int))
         keep.extend((g.model.iloc[0], s) for s in steps[idx])
     raw = raw[[(m, s) in set(keep) for m, s in zip(raw.model, raw.step)]]
-    wide = raw.pivot_table(index=["family", "model", "step", "compute_flops", "n_examples"], columns="metric",
-                           values="value").reset_index()
+    raw = raw.assign(params=pd.to_numeric(raw.params), tokens=pd.to_numeric(raw.train_tokens))
+    wide = raw.pivot_table(index=["family", "model", "step", "compute_flops", "params", "tokens", "n_examples"],
+                           columns="metric", values="value").reset_index()
     return pd.DataFrame({
         "family": wide.family, "model": wide.model + "@" + wide.step.astype(int).astype(str), "task": "lambada",
-        "compute": wide.compute_flops.astype(float), "n_items": wide.n_examples.astype(int), "n_tokens": 1,
+        "compute": wide.compute_flops.astype(float), "params": wide.params.astype(float),
+        "tokens": wide.tokens.astype(float), "n_items": wide.n_examples.astype(int), "n_tokens": 1,
         "ce": np.log(wide.ppl), "n_correct": np.round(wide.acc * wide.n_examples).astype(int),
     })
 
@@ -52,6 +54,8 @@ def test_pythia_lambada_fit():
     # (implied per checkpoint: 1.2 at 70M to 2.1 at 12B)
     assert float(post["sigma_item"].mean()) > 1.0
     assert float(post["spread_slope"].quantile(0.05)) > 0.05
+    # at fixed compute, more parameters (fewer tokens) is better: checkpoints improve less than larger models
+    assert float(post["alloc"].quantile(0.95)) < 0
     fc = forecast(result, metric="exact_match", threshold=0.5, k=1, budget=1e21).table
     # observed: accuracy crosses 0.5 at about 4-5e20 FLOPs (410M-2.8B checkpoints)
     med = fc.log10_compute_q50.to_numpy()

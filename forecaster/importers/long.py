@@ -25,6 +25,9 @@ source_path``. One tidy aggregate row per (model checkpoint, task, setting):
 * **subtasks**: rows with a subtask other than ``ALL`` are dropped when the
   same task has an ``ALL`` (or empty-subtask) row, since those aggregate them;
   ``subtasks=True`` keeps them instead, as tasks ``task/subtask``.
+* **params, tokens**: ``params`` and ``train_tokens`` where both are given
+  (dropped when no row has them), so the model can tell more parameters from
+  more tokens at the same compute.
 * **n_items**: ``n_examples``; where it is empty (``ppl`` rows), that of the
   cell's other metric, else of the same task in other rows.
 * **n_tokens**: the data carry no answer length. Per-word perplexity (LAMBADA)
@@ -189,6 +192,8 @@ def read_long(paths, n_tokens=1, subtasks: bool = False) -> pd.DataFrame:
     agg = df.groupby(cell, sort=False).agg(
         family=("family", "first"),
         compute=("compute", "first"),
+        params=("params", "first"),
+        tokens=("train_tokens", "first"),
         n_items=("n_examples", "max"),
         ce=("ce_val", "mean"),
         accuracy=("acc_val", "mean"),
@@ -201,4 +206,9 @@ def read_long(paths, n_tokens=1, subtasks: bool = False) -> pd.DataFrame:
     agg["n_tokens"] = [_per_task(n_tokens, t) for t in agg["task"]]
     agg.loc[agg["ce"] <= 0, "ce"] = np.nan  # ppl == 1 carries no cross-entropy information
     agg = agg[agg["ce"].notna() | agg["accuracy"].notna()]
+    # params and tokens (where the data give both) let the model tell more parameters from more tokens
+    known = agg["params"].gt(0) & agg["tokens"].gt(0)
+    agg.loc[~known, ["params", "tokens"]] = np.nan
+    if not known.any():
+        agg = agg.drop(columns=["params", "tokens"])
     return agg.reset_index(drop=True)

@@ -1,0 +1,146 @@
+"""The cross-process compile cache for nutpie: hits, identical results, clean fallback, keys follow the data."""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+nutpie = pytest.importorskip("nutpie")
+
+from forecaster import compile_cache as cc  # noqa: E402
+from forecaster.data import summarize  # noqa: E402
+from forecaster.model import build_model  # noqa: E402
+from forecaster.spec import load_spec  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_model(demo_table):
+    """A small model (two tasks of the demo) so a cold compile stays quick."""
+    tasks = sorted(demo_table.task.unique())[:2]
+    return build_model(summarize(demo_table[demo_table.task.isin(tasks)]), load_spec(None))
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("fc-cache")
+
+
+@pytest.fixture(scope="module")
+def compiled(small_model, cache_root):
+    """(first compile, second compile) of the same model in one cache directory."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        before = dict(cc.stats)
+        first = cc.compile_nutpie(small_model, cache=cache_root)
+        assert cc.stats["misses"] == before["misses"] + 1
+        # a new process has no module loaded yet: simulate that
+        for name in [n for n in sys.modules if n.startswith("_forecaster_nutpie_")]:
+            del sys.modules[name]
+        second = cc.compile_nutpie(small_model, cache=cache_root)
+    return first, second, before
+
+
+def _logp(compiled_model, x: np.ndarray) -> tuple[int, float, np.ndarray]:
+    """Call the C log-density of a compiled model at ``x``."""
+    fn = compiled_model.compiled_logp_func.ctypes
+    x = np.ascontiguousarray(x, dtype=float)
+    grad = np.zeros_like(x)
+    logp = np.zeros(())
+    dptr = ctypes.POINTER(ctypes.c_double)
+    rc = fn(len(x), x.ctypes.data_as(dptr), grad.ctypes.data_as(dptr), logp.ctypes.data_as(dptr),
+            compiled_model.user_data.ctypes.data)
+    return rc, float(logp), grad
+
+
+def test_second_compile_hits_cache(compiled):
+    first, second, before = compiled
+    assert cc.stats["hits"] == before["hits"] + 1
+    assert cc.stats["fallbacks"] == before["fallbacks"]
+    assert second.compiled_logp_func._cache_hits == 1
+    assert second.n_dim == first.n_dim and second.shapes == first.shapes
+
+
+@pytest.fixture(scope="module")
+def reference(small_model):
+    """The same model compiled by nutpie itself."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return nutpie.compile_pymc_model(small_model)
+
+
+def test_cached_logp_matches_nutpie(reference, compiled):
+    first, second, _ = compiled
+    ref = reference
+    x = ref.initial_point_func(0) + 0.1
+    rc, lp, grad = _logp(ref, x)
+    assert rc == 0 and np.isfinite(lp)
+    for c in (first, second):
+        rc2, lp2, grad2 = _logp(c, x)
+        assert rc2 == 0
+        assert lp2 == lp
+        np.testing.assert_array_equal(grad2, grad)
+
+
+def test_same_seed_same_draws(reference, compiled):
+    _, second, _ = compiled
+    ref = reference
+    kw = dict(draws=30, tune=30, chains=2, cores=1, seed=11, progress_bar=False)
+    a = nutpie.sample(ref, **kw)
+    b = nutpie.sample(second, **kw)
+    assert set(a.posterior.data_vars) == set(b.posterior.data_vars)
+    for name in a.posterior.data_vars:
+        assert a.posterior[name].dims == b.posterior[name].dims
+        np.testing.assert_array_equal(a.posterior[name].values, b.posterior[name].values)
+
+
+@pytest.mark.parametrize("damage", ["meta.pkl", "*.nbc"])
+def test_corrupt_cache_recovers(small_model, compiled, cache_root, tmp_path, damage):
+    import shutil
+
+    first = compiled[0]
+    key = cc.model_key(small_model)
+    shutil.copytree(cache_root / key, tmp_path / key)
+    for f in (tmp_path / key).rglob(damage):
+        f.write_bytes(b"garbage")
+    for name in [n for n in sys.modules if n.startswith("_forecaster_nutpie_")]:
+        del sys.modules[name]
+    before = dict(cc.stats)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        c = cc.compile_nutpie(small_model, cache=tmp_path)
+    assert cc.stats["hits"] + cc.stats["misses"] + cc.stats["fallbacks"] == sum(before.values()) + 1
+    assert cc.stats["hits"] == before["hits"]
+    x = first.initial_point_func(0)
+    assert _logp(c, x)[:2] == _logp(first, x)[:2]
+
+
+def test_unusable_cache_dir_falls_back(small_model, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    before = dict(cc.stats)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        c = cc.compile_nutpie(small_model, cache=blocker)
+    assert cc.stats["fallbacks"] == before["fallbacks"] + 1
+    assert c.n_dim > 0
+
+
+def test_key_follows_data_and_graph(demo_table, small_model):
+    tasks = sorted(demo_table.task.unique())[:2]
+    sub = demo_table[demo_table.task.isin(tasks)].copy()
+    same = build_model(summarize(sub), load_spec(None))
+    assert cc.model_key(same) == cc.model_key(small_model)
+    sub.loc[sub.index[0], "logprob"] -= 0.5  # one item's score
+    other = build_model(summarize(sub), load_spec(None))
+    assert cc.model_key(other) != cc.model_key(small_model)
+
+
+def test_cache_dir_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("FORECASTER_CACHE", str(tmp_path))
+    assert cc.cache_dir() == tmp_path
+    monkeypatch.setenv("FORECASTER_CACHE", "off")
+    assert cc.cache_dir() is None
