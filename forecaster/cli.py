@@ -64,6 +64,14 @@ def _floats(text: Optional[str], what: str) -> Optional[list[float]]:
     return vals
 
 
+def _check_format(fmt: str, output: Optional[Path]) -> None:
+    """An output format we know, and (when given) an output file we can write."""
+    if fmt not in FORMATS:
+        raise ForecasterError(f"unknown --format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    if output is not None:
+        _check_out(output)
+
+
 def _check_out(path: Path, suffixes: tuple[str, ...] | None = None) -> None:
     if suffixes and path.suffix.lower() not in suffixes:
         raise ForecasterError(f"{path}: output must end in {', '.join(suffixes)}")
@@ -201,10 +209,7 @@ def forecast(
         from .forecast import forecast as run_forecast
         from .io import load_fit
 
-        if fmt not in FORMATS:
-            raise ForecasterError(f"unknown --format '{fmt}'; choose one of {', '.join(FORMATS)}")
-        if output is not None:
-            _check_out(output)
+        _check_format(fmt, output)
         qs = _floats(quantiles, "quantiles")
         at_vals = _floats(at, "at")
         result = load_fit(fit_file)
@@ -291,10 +296,7 @@ def effects(
         from .effects import setting_effects
         from .io import atomic_path, load_fit
 
-        if fmt not in FORMATS:
-            raise ForecasterError(f"unknown --format '{fmt}'; choose one of {', '.join(FORMATS)}")
-        if output is not None:
-            _check_out(output)
+        _check_format(fmt, output)
         if plot_file is not None:
             _check_out(plot_file, PLOT_SUFFIXES)
         result = load_fit(fit_file)
@@ -440,8 +442,7 @@ def backtest(
             raise ForecasterError(f"--folds must be >= 1, got {folds}")
         if holdout_above is not None and not holdout_above > 0:
             raise ForecasterError(f"--holdout-above must be > 0 FLOPs, got {holdout_above:g}")
-        if fmt not in FORMATS:
-            raise ForecasterError(f"unknown --format '{fmt}'; choose one of {', '.join(FORMATS)}")
+        _check_format(fmt, None)
         meths = [m.strip() for m in methods.split(",") if m.strip()]
         bad = [m for m in meths if m not in METHODS]
         if bad or not meths:
