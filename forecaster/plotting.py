@@ -141,7 +141,7 @@ def _metric_panel(ax, fit, thin, task, family, setting, metric, k, n, threshold,
     compute = 10.0**grid
 
     curve = metric_curve(thin, task, family, setting, metric, grid, k=k, n=n).values
-    _draw_bands(ax, compute, _bands(curve), _C_FIT, "posterior median\n(new model on the trend)")
+    _draw_bands(ax, compute, _bands(curve), _C_FIT, "posterior median\n(the trend: a typical model)")
 
     # observed exact match where the curve and the data measure the same thing
     same_metric = metric == "exact_match" or (metric == "pass_at_n" and int(n) == 1)
