@@ -53,6 +53,13 @@ NUMERIC_COLUMNS = (
 _LINE = "_line"
 
 
+def _reject_first(df: pd.DataFrame, bad: pd.Series, source: str, message) -> None:
+    """Raise for the first row flagged in ``bad``: its file and line, then ``message(row)``."""
+    if bad.any():
+        i = bad.idxmax()
+        raise DataError(f"{_where(source, df.at[i, _LINE])}: {message(df.loc[i])}")
+
+
 def _where(source: str, line) -> str:
     return f"{source}, line {line}" if source and not source.startswith("<") else f"{source} row {line}"
 
@@ -214,16 +221,10 @@ def _check_rows(df: pd.DataFrame, *, source: str) -> pd.DataFrame:
         )
     for col in ("params", "tokens"):
         bad = df[col] <= 0 if col in df.columns else pd.Series(False, index=df.index)
-        if bad.any():
-            i = bad.idxmax()
-            raise DataError(f"{_where(source, df.at[i, _LINE])}: {col} must be > 0, got {df.at[i, col]:g}; fix or leave it empty")
+        _reject_first(df, bad, source, lambda r: f"{col} must be > 0, got {r[col]:g}; fix or leave it empty")
     bad = df["compute"] <= 0
-    if bad.any():
-        i = bad.idxmax()
-        raise DataError(
-            f"{_where(source, df.at[i, _LINE])}: compute must be > 0 FLOPs, got {df.at[i, 'compute']:g}; "
-            "drop untrained (step 0) checkpoints or fix the value"
-        )
+    _reject_first(df, bad, source, lambda r: (
+        f"compute must be > 0 FLOPs, got {r['compute']:g}; drop untrained (step 0) checkpoints or fix the value"))
 
     # row kind
     if "item" in df.columns:
@@ -238,30 +239,19 @@ def _check_rows(df: pd.DataFrame, *, source: str) -> pd.DataFrame:
     # answer length, for both kinds
     _require_present(df, "n_tokens", everything, source, "answer length in tokens, needed for every row")
     bad = df["n_tokens"] < 1
-    if bad.any():
-        i = bad.idxmax()
-        raise DataError(
-            f"{_where(source, df.at[i, _LINE])}: n_tokens must be >= 1, got {df.at[i, 'n_tokens']:g}; "
-            "give the reference answer's length in tokens"
-        )
+    _reject_first(df, bad, source, lambda r: (
+        f"n_tokens must be >= 1, got {r['n_tokens']:g}; give the reference answer's length in tokens"))
 
     if is_item.any():
         _require_present(df, "logprob", is_item, source, "per-item rows need the answer's summed log-probability")
         bad = is_item & (df["logprob"] > 0)
-        if bad.any():
-            i = bad.idxmax()
-            raise DataError(
-                f"{_where(source, df.at[i, _LINE])}: logprob must be <= 0 (a natural-log probability), got "
-                f"{df.at[i, 'logprob']:g}; pass log-probabilities, not probabilities or negated losses"
-            )
+        _reject_first(df, bad, source, lambda r: (
+            f"logprob must be <= 0 (a natural-log probability), got {r['logprob']:g}; "
+            "pass log-probabilities, not probabilities or negated losses"))
         if "correct" in df.columns:
             bad = is_item & df["correct"].notna() & ~df["correct"].isin([0.0, 1.0])
-            if bad.any():
-                i = bad.idxmax()
-                raise DataError(
-                    f"{_where(source, df.at[i, _LINE])}: correct must be 0 or 1, got {df.at[i, 'correct']:g}; "
-                    "write 1 for an exact match, 0 otherwise"
-                )
+            _reject_first(df, bad, source, lambda r: (
+                f"correct must be 0 or 1, got {r['correct']:g}; write 1 for an exact match, 0 otherwise"))
 
     if is_agg.any():
         has = {c: (df[c].notna() if c in df.columns else pd.Series(False, index=df.index))
@@ -275,27 +265,15 @@ def _check_rows(df: pd.DataFrame, *, source: str) -> pd.DataFrame:
             )
         _require_present(df, "n_items", is_agg, source, "aggregate rows need the number of test items")
         bad = is_agg & ((df["n_items"] < 1) | (df["n_items"] != np.round(df["n_items"])))
-        if bad.any():
-            i = bad.idxmax()
-            raise DataError(
-                f"{_where(source, df.at[i, _LINE])}: n_items must be a whole number >= 1, got {df.at[i, 'n_items']:g}"
-            )
+        _reject_first(df, bad, source, lambda r: f"n_items must be a whole number >= 1, got {r['n_items']:g}")
         if has["ce"].any():
             bad = is_agg & has["ce"] & (df["ce"] <= 0)
-            if bad.any():
-                i = bad.idxmax()
-                raise DataError(
-                    f"{_where(source, df.at[i, _LINE])}: ce must be > 0 (mean per-token cross-entropy in nats), "
-                    f"got {df.at[i, 'ce']:g}"
-                )
+            _reject_first(df, bad, source, lambda r: (
+                f"ce must be > 0 (mean per-token cross-entropy in nats), got {r['ce']:g}"))
         if has["accuracy"].any():
             bad = is_agg & has["accuracy"] & ((df["accuracy"] < 0) | (df["accuracy"] > 1))
-            if bad.any():
-                i = bad.idxmax()
-                raise DataError(
-                    f"{_where(source, df.at[i, _LINE])}: accuracy must be in [0, 1], got {df.at[i, 'accuracy']:g}; "
-                    "give a fraction, not a percentage"
-                )
+            _reject_first(df, bad, source, lambda r: (
+                f"accuracy must be in [0, 1], got {r['accuracy']:g}; give a fraction, not a percentage"))
             if "n_correct" not in df.columns:
                 df["n_correct"] = np.nan
             fill = is_agg & has["accuracy"] & ~has["n_correct"]
@@ -303,12 +281,9 @@ def _check_rows(df: pd.DataFrame, *, source: str) -> pd.DataFrame:
         if "n_correct" in df.columns:
             nc = df["n_correct"]
             bad = is_agg & nc.notna() & ((nc < 0) | (nc > df["n_items"]) | (nc != np.round(nc)))
-            if bad.any():
-                i = bad.idxmax()
-                raise DataError(
-                    f"{_where(source, df.at[i, _LINE])}: n_correct must be a whole number in [0, n_items], got "
-                    f"{df.at[i, 'n_correct']:g} with n_items {df.at[i, 'n_items']:g}"
-                )
+            _reject_first(df, bad, source, lambda r: (
+                f"n_correct must be a whole number in [0, n_items], got {r['n_correct']:g} "
+                f"with n_items {r['n_items']:g}"))
     return df
 
 
@@ -318,23 +293,13 @@ def _check_table(df: pd.DataFrame, *, allow_single_compute: bool) -> pd.DataFram
     cell = ["family", "model", "task", "setting"]
     # duplicates
     item_rows = df[df["kind"] == "item"]
-    dup = item_rows.duplicated(cell + ["item"], keep="first")
-    if dup.any():
-        i = dup[dup].index[0]
-        r = df.loc[i]
-        raise DataError(
-            f"{_where(source, r[_LINE])}: duplicate row for model {r['model']!r}, task {r['task']!r}, setting "
-            f"{r['setting']!r}, item {r['item']!r}; keep one row per item"
-        )
+    _reject_first(df, item_rows.duplicated(cell + ["item"], keep="first"), source, lambda r: (
+        f"duplicate row for model {r['model']!r}, task {r['task']!r}, setting {r['setting']!r}, "
+        f"item {r['item']!r}; keep one row per item"))
     agg_rows = df[df["kind"] == "aggregate"]
-    dup = agg_rows.duplicated(cell, keep="first")
-    if dup.any():
-        i = dup[dup].index[0]
-        r = df.loc[i]
-        raise DataError(
-            f"{_where(source, r[_LINE])}: duplicate aggregate row for model {r['model']!r}, task {r['task']!r}, "
-            f"setting {r['setting']!r}; keep one row per (model, task, setting)"
-        )
+    _reject_first(df, agg_rows.duplicated(cell, keep="first"), source, lambda r: (
+        f"duplicate aggregate row for model {r['model']!r}, task {r['task']!r}, setting {r['setting']!r}; "
+        "keep one row per (model, task, setting)"))
     both = set(map(tuple, item_rows[cell].drop_duplicates().to_numpy())) & set(
         map(tuple, agg_rows[cell].to_numpy())
     )

@@ -36,13 +36,8 @@ import xarray as xr
 
 from .errors import QueryError
 from .fit import FitResult
-from .forecast import _py, _select, _task_k, quantile_name, trend
+from .forecast import _py, _select, _task_k, quantile_name, spread_at, trend
 from .metrics import METRICS, metric_value
-
-try:  # item spread that varies with the typical item's log CE (models with `spread_varies`)
-    from .forecast import spread_at as _spread_at
-except ImportError:  # pragma: no cover - forecast stage without it
-    _spread_at = None
 
 __all__ = ["SettingEffects", "setting_effects", "POOLED", "EFFECT_QUANTITIES"]
 
@@ -249,7 +244,9 @@ def setting_effects(
         return full.sel(setting=chosen) - full.sel(setting=ref, drop=True)
 
     pa, pb = pooled_shift("setting_a"), pooled_shift("setting_b")
-    ref_slope_pool = post["mu_b"] + _setting_slope(post, known, ref)
+    # population mean slope (with a single task the model has no population level: that task's slope)
+    mean_slope = post["mu_b"] if "mu_b" in post else post["b"].mean("task")
+    ref_slope_pool = mean_slope + _setting_slope(post, known, ref)
     p_dlogce = (pa + pb * (x_pool - c0)).transpose("chain", "draw", "setting").values
     pooled = {
         "da": pa.transpose("chain", "draw", "setting").values, "db": pb.transpose("chain", "draw", "setting").values,
@@ -290,11 +287,8 @@ def setting_effects(
 
 
 def _spread(tr: xr.Dataset, log_ce: xr.DataArray) -> xr.DataArray:
-    """Per-draw item spread at typical-item log CE ``log_ce`` (constant ``sigma_item`` unless the model lets it
-    vary with how far the task is learned)."""
-    if _spread_at is not None and "spread_slope" in tr:
-        return xr.broadcast(_spread_at(tr, log_ce), log_ce)[0]
-    return xr.broadcast(tr["sigma_item"], log_ce)[0]
+    """Per-draw item spread at typical-item log CE ``log_ce`` (:func:`forecaster.forecast.spread_at`)."""
+    return xr.broadcast(spread_at(tr, log_ce), log_ce)[0]
 
 
 def _setting_slope(post: xr.Dataset, known: list[str], setting: str) -> xr.DataArray | float:
