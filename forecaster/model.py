@@ -24,7 +24,8 @@ import pymc as pm
 import pytensor.tensor as pt
 
 from .data import CellData
-from .quadrature import item_spread, normal_nodes
+from .expectation import expected_exact_match
+from .quadrature import item_spread
 from .errors import SpecError
 from .spec import ModelSpec
 
@@ -310,10 +311,12 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
         has_em = cells.em_n > 0
         if has_em.any():
             i = np.flatnonzero(has_em)
-            z, w = normal_nodes(st["quadrature_nodes"])
-            log_ce = mu[i][:, None] + s_cell[i][:, None] * z[None, :]
-            p_item = pt.exp(-cells.cell_k[i][:, None] * pt.exp(log_ce))
-            p = pt.clip(pt.sum(p_item * w[None, :], axis=1), 1e-12, 1.0 - 1e-12)
+            # Gauss-Hermite over item difficulty, fused into one Op with its derivatives (forecaster.expectation)
+            p_em = expected_exact_match(
+                mu[i], pt.broadcast_to(s_cell, (cells.n_cells,))[i], cells.cell_k[i].astype(float),
+                st["em_expectation"], st["quadrature_nodes"],
+            )
+            p = pt.clip(p_em, 1e-12, 1.0 - 1e-12)
             if st["em_likelihood"] == "betabinomial":
                 kappa = spec.prior("em_concentration")
                 pm.BetaBinomial(

@@ -38,6 +38,8 @@ STRUCTURE_DEFAULTS: dict[str, Any] = {
     "cell_deviation": True,
     "em_likelihood": "binomial",
     "quadrature_nodes": 24,
+    # How the model computes E_items[exp(-k CE)] (forecaster.expectation); older specs: Gauss-Hermite.
+    "em_expectation": "gauss-hermite",
     # Item spread grows (or shrinks) as the task is learned; off when a spec does not say (older specs).
     "spread_varies": False,
     # Separate effect of the params/tokens split at fixed compute ("auto": when the data give both).
@@ -48,6 +50,7 @@ STRUCTURE_DEFAULTS: dict[str, Any] = {
 _CHOICES = {
     "parametrization": {"auto", "centered", "noncentered"},
     "em_likelihood": {"binomial", "betabinomial"},
+    "em_expectation": {"spline", "gauss-hermite"},
     "allocation_effect": {True, False, "auto"},
     "model_deviation": {True, False, "auto"},
 }
