@@ -14,6 +14,8 @@ forecast stage (per draw):
   :func:`use_allocation`);
 * ``sigma_model``: spread of a model's (all its checkpoints') deviation from the trend (absent when off);
 * ``sigma_cell``: spread of a new model's cell around the trend (absent when switched off);
+* ``guess_rate`` (task): exact-match floor ``g``, observed accuracy ``g + (1 - g) * p`` (absent when switched
+  off; 0 for tasks without it, :func:`floor_tasks`);
 * ``mu_cell`` (cell): fitted log CE of the typical item in each observed cell.
 """
 
@@ -28,7 +30,8 @@ from .quadrature import item_spread, normal_nodes
 from .errors import SpecError
 from .spec import ModelSpec
 
-__all__ = ["build_model", "choose_parametrization", "model_coords", "model_deviation_index", "use_allocation"]
+__all__ = ["build_model", "choose_parametrization", "floor_tasks", "model_coords", "model_deviation_index",
+           "use_allocation"]
 
 _SS_EPS = 1e-9
 
@@ -52,7 +55,7 @@ def choose_parametrization(cells: CellData, spec: ModelSpec) -> tuple[np.ndarray
     if choice == "auto":
         levels = [len(np.unique(np.round(cells.cell_x[cells.cell_task == t], 6))) for t in range(n_task)]
         choice = "centered" if np.median(levels) >= spec.structure["auto_centered_min_levels"] else "noncentered"
-        n_obs = np.maximum.reduce([cells.item_n, np.where(np.isfinite(cells.ce_obs), cells.ce_n, 0), cells.em_n])
+        n_obs = np.maximum(cells.item_n, np.where(np.isfinite(cells.ce_obs), cells.ce_n, 0))
         return np.full(n_task, choice == "centered"), n_obs >= spec.structure["auto_centered_min_items"]
     return np.full(n_task, choice == "centered"), np.full(cells.n_cells, choice == "centered")
 
@@ -179,6 +182,31 @@ def _spread_slope(spec: ModelSpec, cells: CellData):
     free = spec.prior("spread_slope", shape=int(ok.sum()), rv_name="spread_slope_free")
     full = pt.set_subtensor(pt.zeros(len(ok))[np.flatnonzero(ok)], free)
     return pm.Deterministic("spread_slope", full, dims="task")
+
+
+def floor_tasks(cells: CellData, spec: ModelSpec) -> np.ndarray:
+    """Which tasks get an exact-match floor (guess rate) ``g``: observed accuracy ``g + (1 - g) * p``.
+
+    ``auto``: the tasks with exact-match counts (elsewhere the floor touches no
+    data and is fixed at 0); ``true``: every task (prior-only where there are
+    no counts); ``false``: none.
+    """
+    choice = spec.structure.get("em_floor", False)
+    n_task = len(cells.tasks)
+    if choice is False:
+        return np.zeros(n_task, bool)
+    if choice is True:
+        return np.ones(n_task, bool)
+    return np.array([bool(np.any(cells.em_n[cells.cell_task == j] > 0)) for j in range(n_task)])
+
+
+def _guess_rate(spec: ModelSpec, on: np.ndarray):
+    """Per-task floor: free (prior ``guess_rate``) where ``on``, else fixed at 0."""
+    if on.all():
+        return spec.prior("guess_rate", dims="task")
+    free = spec.prior("guess_rate", shape=int(on.sum()), rv_name="guess_rate_free")
+    full = pt.set_subtensor(pt.zeros(len(on))[np.flatnonzero(on)], free)
+    return pm.Deterministic("guess_rate", full, dims="task")
 
 
 def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
@@ -308,12 +336,18 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
 
         # ---- exact-match counts: p = E_items[exp(-k CE_item)]
         has_em = cells.em_n > 0
+        floor_on = floor_tasks(cells, spec)
+        if floor_on.any():
+            guess = _guess_rate(spec, floor_on)
         if has_em.any():
             i = np.flatnonzero(has_em)
             z, w = normal_nodes(st["quadrature_nodes"])
             log_ce = mu[i][:, None] + s_cell[i][:, None] * z[None, :]
             p_item = pt.exp(-cells.cell_k[i][:, None] * pt.exp(log_ce))
-            p = pt.clip(pt.sum(p_item * w[None, :], axis=1), 1e-12, 1.0 - 1e-12)
+            p = pt.sum(p_item * w[None, :], axis=1)
+            if floor_on.any():  # a floor of lucky guesses under the latent accuracy
+                p = guess[t[i]] + (1.0 - guess[t[i]]) * p
+            p = pt.clip(p, 1e-12, 1.0 - 1e-12)
             if st["em_likelihood"] == "betabinomial":
                 kappa = spec.prior("em_concentration")
                 pm.BetaBinomial(
