@@ -32,7 +32,8 @@ trained, how good would its forecasts have been?". It
      ``p = E_items[exp(-k CE)]`` (:func:`forecaster.metrics.metric_value`
      with the item spread at that log CE, i.e. ``sigma_item`` or, where the
      spec lets it vary, ``item_spread``, and the cell's own mean answer
-     length ``k``); and the
+     length ``k``), above the task's floor ``g`` where the model has one
+     (``g + (1 - g) p``); and the
      observed accuracy on the finite test set is
      ``Binomial(n_items, p) / n_items``. Each posterior draw is replicated
      ``replicates`` times for the two noise terms.
@@ -381,7 +382,8 @@ def _bayes_predict(fitres: FitResult, test_pts: pd.DataFrame, rng: np.random.Gen
         shift = tr["alloc"].sel(task=cell.task).values.ravel() * (cell.u - tr.attrs["u_path"]) if np.isfinite(
             cell.u) else 0.0
         lc = ic + sl * (cell.x - c0) + shift + eps
-        p = np.clip(metric_value(lc, _spread(tr, cell.task, lc, si), METRIC, float(cell.k)), 0.0, 1.0)
+        g = tr["guess_rate"].sel(task=cell.task).values.ravel()  # exact-match floor (0 without one)
+        p = np.clip(metric_value(lc, _spread(tr, cell.task, lc, si), METRIC, float(cell.k), floor=g), 0.0, 1.0)
         y = rng.binomial(int(cell.n_items), p).ravel() / cell.n_items
         rows.append(_prediction_row(cell, y))
     for dim, vals in skipped.items():

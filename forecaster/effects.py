@@ -213,12 +213,13 @@ def setting_effects(
     sig_ref, sig_set = _spread(tr, mu_ref), _spread(tr, mu_set)
     m_ref = np.stack([
         metric_value(mu_ref.sel(task=t).transpose("chain", "draw").values,
-                     sig_ref.sel(task=t).transpose("chain", "draw").values, metric, float(kk.sel(task=t)), int(n))
+                     sig_ref.sel(task=t).transpose("chain", "draw").values, metric, float(kk.sel(task=t)), int(n),
+                     floor=tr["guess_rate"].sel(task=t).transpose("chain", "draw").values)
         for t in task_l], axis=-1)  # chain, draw, task
     m_set = np.stack([
         metric_value(mu_set.sel(task=t).transpose("chain", "draw", "setting").values,
                      sig_set.sel(task=t).transpose("chain", "draw", "setting").values, metric,
-                     float(kk.sel(task=t)), int(n))
+                     float(kk.sel(task=t)), int(n), floor=tr["guess_rate"].sel(task=t).values[..., None])
         for t in task_l], axis=-2)  # chain, draw, task, setting
     m_ref = np.broadcast_to(m_ref[..., None], m_set.shape)
     sign = 1.0 if METRICS[metric] else -1.0

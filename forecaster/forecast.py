@@ -89,8 +89,9 @@ def _select(name: str, requested: Sequence[str] | str | None, known: list[str]) 
 def trend(fit: FitResult, tasks=None, families=None, settings=None, tokens_per_param: float | None = None
           ) -> xr.Dataset:
     """Per-draw trend of log CE: ``intercept`` (task, family, setting) and ``slope`` (task, setting) at ``x - c0``,
-    with ``sigma_item`` (task) and ``sigma_cell`` (scalar: spread of a new model's cell around the trend, its
-    model-level and cell-level deviations together; 0 when the model has neither).
+    with ``sigma_item`` (task), ``sigma_cell`` (scalar: spread of a new model's cell around the trend, its
+    model-level and cell-level deviations together; 0 when the model has neither) and ``guess_rate`` (task:
+    the exact-match floor; 0 for fits without one, e.g. saved before it existed).
 
     With a params/tokens effect (``alloc``) the trend is that of models trained
     with ``tokens_per_param`` tokens per parameter (default: the fitted data's
@@ -132,8 +133,10 @@ def trend(fit: FitResult, tasks=None, families=None, settings=None, tokens_per_p
     spread_slope = post["spread_slope"].sel(task=tasks) if "spread_slope" in post else xr.zeros_like(sigma_item)
     ref = xr.DataArray([float(cells.spread_ref[cells.tasks.index(t)]) for t in tasks], coords={"task": tasks},
                        dims="task")
+    guess = post["guess_rate"].sel(task=tasks) if "guess_rate" in post else xr.zeros_like(sigma_item)
     return xr.Dataset({"intercept": intercept, "slope": slope, "sigma_item": sigma_item, "sigma_cell": sigma_cell,
-                       "spread_slope": spread_slope, "spread_ref": xr.zeros_like(sigma_item) + ref, "alloc": alloc},
+                       "spread_slope": spread_slope, "spread_ref": xr.zeros_like(sigma_item) + ref, "alloc": alloc,
+                       "guess_rate": guess},
                       attrs={"c0": cells.c0, "u0": u0, "u_path": u_path})
 
 
@@ -146,9 +149,11 @@ def _threshold(tr: xr.Dataset, task: str, metric: str, threshold: float, k: floa
     """Per draw (chain, draw): log CE of the typical item at which the metric reaches ``threshold``."""
     sig = tr["sigma_item"].sel(task=task).values
     gam = tr["spread_slope"].sel(task=task).values
+    g = tr["guess_rate"].sel(task=task).values
     if not np.any(gam):
-        return threshold_log_ce(sig, metric, threshold, k, n)  # constant spread: one lookup table
-    return threshold_log_ce_varying(sig, gam, tr["spread_ref"].sel(task=task).values, metric, threshold, k, n)
+        return threshold_log_ce(sig, metric, threshold, k, n, floor=g)  # constant spread, no floor: one lookup table
+    return threshold_log_ce_varying(sig, gam, tr["spread_ref"].sel(task=task).values, metric, threshold, k, n,
+                                    floor=g)
 
 
 def _task_k(fit: FitResult, tasks: list[str], k: float | None) -> xr.DataArray:
@@ -279,6 +284,7 @@ def forecast(
             v = metric_value(
                 lc.sel(task=t).transpose(*order).values, sg.sel(task=t).transpose(*order).values,
                 metric, float(kk.sel(task=t)), int(n),
+                floor=tr["guess_rate"].sel(task=t).values[:, :, None, None, None],
             )
             vals.append(v)
         metric_at = xr.DataArray(
@@ -306,6 +312,6 @@ def metric_curve(fit: FitResult, task: str, family: str, setting: str, metric: s
     t0 = tr.isel(task=0)
     sg = item_spread(lc, t0["sigma_item"].values[..., None], t0["spread_slope"].values[..., None],
                      t0["spread_ref"].values[..., None])
-    v = metric_value(lc, sg, metric, kt, int(n))
+    v = metric_value(lc, sg, metric, kt, int(n), floor=t0["guess_rate"].values[..., None])
     return xr.DataArray(v, dims=("chain", "draw", "log10_compute"),
                         coords={"log10_compute": np.asarray(log10_grid)}, name=metric)

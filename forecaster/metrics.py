@@ -11,6 +11,16 @@ typical item, ``sigma`` the item spread), the expected metric over items is
 All are monotone in ``mu``, so the compute at which a threshold is reached is
 found once per item spread on a lookup table of ``mu*(sigma)`` and then in
 closed form per draw: ``log10 C* = c0 + (mu* - intercept) / slope``.
+
+**Floor** (guess rate ``g``): an answer is right by luck with probability
+``g`` on every attempt, whatever the model's competence, so an item's exact
+match is ``g + (1 - g) exp(-k CE)`` and, over ``n`` independent samples,
+``1 - (1 - g)**n (1 - exp(-k CE))**n``. In expectation over items both are
+``G + (1 - G) * latent`` with ``G = g`` for ``exact_match`` and
+``G = 1 - (1 - g)**n`` for ``pass_at_n`` (:func:`observed_floor`): repeated
+sampling raises the floor too. Token metrics (``token_accuracy``,
+``edit_distance``) are functions of the per-token CE itself and have no floor.
+A threshold at or below ``G`` is reached at any log CE (``mu* = +inf``).
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from .quadrature import item_spread, normal_nodes
 
 __all__ = [
     "METRICS", "item_spread", "metric_value", "threshold_log_ce", "threshold_log_ce_varying", "crossing_log10_compute",
-    "metric_da", "check_threshold",
+    "metric_da", "check_threshold", "observed_floor",
 ]
 
 #: metric -> True when larger is better
@@ -44,12 +54,30 @@ def _item_metric(log_ce: np.ndarray, metric: str, k: float, n: int) -> np.ndarra
     raise QueryError(f"unknown metric '{metric}'; choose one of {', '.join(METRICS)}")
 
 
-def metric_value(log_ce, sigma, metric: str, k: float = 1.0, n: int = 1, nodes: int = NODES) -> np.ndarray:
-    """Expected ``metric`` over items whose log CE is ``N(log_ce, sigma)`` (arrays broadcast)."""
+def observed_floor(floor, metric: str, n: int = 1) -> np.ndarray:
+    """Floor ``G`` of ``metric`` under a guess rate ``floor`` (module docstring); 0 for token metrics."""
+    g = np.asarray(floor, float)
+    if np.any((g < 0) | (g >= 1)):
+        raise QueryError("the exact-match floor (guess rate) must lie in [0, 1)")
+    if metric == "exact_match":
+        return g
+    if metric == "pass_at_n":
+        return -np.expm1(int(n) * np.log1p(-g))
+    return np.zeros_like(g)
+
+
+def metric_value(log_ce, sigma, metric: str, k: float = 1.0, n: int = 1, nodes: int = NODES,
+                 floor=0.0) -> np.ndarray:
+    """Expected ``metric`` over items whose log CE is ``N(log_ce, sigma)``, above a guess rate ``floor``
+    (exact match and pass@n only; arrays broadcast)."""
     z, w = normal_nodes(nodes)
     lc = np.asarray(log_ce, float)[..., None] + np.asarray(sigma, float)[..., None] * z
     with np.errstate(over="ignore", under="ignore", divide="ignore"):
-        return np.sum(_item_metric(lc, metric, k, n) * w, axis=-1)
+        v = np.sum(_item_metric(lc, metric, k, n) * w, axis=-1)
+    if metric in ("exact_match", "pass_at_n") and np.any(np.asarray(floor) != 0):
+        g = observed_floor(floor, metric, n)
+        v = g + (1.0 - g) * v
+    return v
 
 
 def check_threshold(metric: str, threshold: float, k: float) -> None:
@@ -64,13 +92,17 @@ def check_threshold(metric: str, threshold: float, k: float) -> None:
 
 
 def threshold_log_ce(sigma, metric: str, threshold: float, k: float = 1.0, n: int = 1, nodes: int = NODES,
-                     grid_size: int = 257) -> np.ndarray:
+                     grid_size: int = 257, floor=0.0) -> np.ndarray:
     """Log CE of the typical item at which the metric equals ``threshold``, for each item spread in ``sigma``.
 
     Bisection on a grid of item spreads, then linear interpolation (exact at
-    ``sigma = 0``: ``log(-log(threshold) / k)`` for exact match).
+    ``sigma = 0``: ``log(-log(threshold) / k)`` for exact match). With a
+    non-zero ``floor`` (per draw, broadcast with ``sigma``) a per-draw
+    bisection (:func:`threshold_log_ce_varying`).
     """
     check_threshold(metric, threshold, k)
+    if metric in ("exact_match", "pass_at_n") and np.any(np.asarray(floor) != 0):
+        return threshold_log_ce_varying(sigma, 0.0, 0.0, metric, threshold, k, n, nodes, floor=floor)
     sigma = np.asarray(sigma, float)
     top = max(float(np.nanmax(sigma)) if sigma.size else 0.0, 1e-6) * 1.0001
     grid = np.linspace(0.0, top, grid_size)
@@ -88,20 +120,25 @@ def threshold_log_ce(sigma, metric: str, threshold: float, k: float = 1.0, n: in
 
 
 def threshold_log_ce_varying(sigma_item, spread_slope, ref, metric: str, threshold: float, k: float = 1.0,
-                             n: int = 1, nodes: int = NODES, iters: int = 48) -> np.ndarray:
-    """Like :func:`threshold_log_ce` when the item spread follows :func:`item_spread` (per-draw bisection)."""
+                             n: int = 1, nodes: int = NODES, iters: int = 48, floor=0.0) -> np.ndarray:
+    """Like :func:`threshold_log_ce` when the item spread follows :func:`item_spread` (per-draw bisection);
+    ``+inf`` where the threshold is at or below the floor (reached at any log CE)."""
     check_threshold(metric, threshold, k)
-    sigma_item, spread_slope, ref = np.broadcast_arrays(*(np.asarray(v, float) for v in (sigma_item, spread_slope, ref)))
+    sigma_item, spread_slope, ref, floor = np.broadcast_arrays(
+        *(np.asarray(v, float) for v in (sigma_item, spread_slope, ref, floor)))
     lo = np.full(sigma_item.shape, -60.0)
     hi = np.full(sigma_item.shape, 30.0)
     better_low = METRICS[metric]
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        v = metric_value(mid, item_spread(mid, sigma_item, spread_slope, ref), metric, k, n, nodes)
+        v = metric_value(mid, item_spread(mid, sigma_item, spread_slope, ref), metric, k, n, nodes, floor=floor)
         reached = v >= threshold if better_low else v <= threshold
         lo = np.where(reached, mid, lo)
         hi = np.where(reached, hi, mid)
-    return 0.5 * (lo + hi)
+    out = 0.5 * (lo + hi)
+    if better_low:
+        out = np.where(observed_floor(floor, metric, n) >= threshold, np.inf, out)
+    return out
 
 
 def crossing_log10_compute(intercept, slope, mu_star, c0: float) -> np.ndarray:
@@ -115,7 +152,9 @@ def crossing_log10_compute(intercept, slope, mu_star, c0: float) -> np.ndarray:
     return out
 
 
-def metric_da(log_ce: xr.DataArray, sigma: xr.DataArray, metric: str, k: float = 1.0, n: int = 1) -> xr.DataArray:
+def metric_da(log_ce: xr.DataArray, sigma: xr.DataArray, metric: str, k: float = 1.0, n: int = 1,
+              floor: xr.DataArray | float = 0.0) -> xr.DataArray:
     """xarray wrapper of :func:`metric_value` (dims broadcast by name)."""
-    lc, sg = xr.broadcast(log_ce, sigma)
-    return xr.DataArray(metric_value(lc.values, sg.values, metric, k, n), coords=lc.coords, dims=lc.dims, name=metric)
+    lc, sg, fl = xr.broadcast(log_ce, sigma, xr.DataArray(floor) if np.isscalar(floor) else floor)
+    return xr.DataArray(metric_value(lc.values, sg.values, metric, k, n, floor=fl.values), coords=lc.coords,
+                        dims=lc.dims, name=metric)

@@ -31,6 +31,7 @@ class TaskTruth:
     persistence: float = 0.7
     k: int = 5
     kind: str = "item"  # "item" (per-item logprob + correct), "aggregate" (ce + n_correct), "accuracy"
+    guess_rate: float = 0.0  # exact-match floor: an answer is right by luck with this probability
 
 
 @dataclass
@@ -94,7 +95,7 @@ def simulate(
                     mu = tt.a + off + da + (tt.b + db) * (x - c0) + rng.normal(0.0, sigma_cell)
                     e = rng.normal(0.0, np.sqrt(1.0 - tt.persistence) * tt.sigma_item, n_items)
                     ce = np.exp(mu + u + e)
-                    correct = rng.random(n_items) < np.exp(-tt.k * ce)
+                    correct = rng.random(n_items) < tt.guess_rate + (1.0 - tt.guess_rate) * np.exp(-tt.k * ce)
                     base = {"family": fam, "model": model, "task": tt.name, "setting": setting,
                             "compute": float(10.0**x)}
                     if tt.kind == "item":

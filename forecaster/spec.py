@@ -26,7 +26,7 @@ REQUIRED_PRIORS = (
 )
 #: Priors needed only when a structure switch asks for them (switch -> prior).
 OPTIONAL_PRIORS = {"spread_varies": ("spread_slope",), "allocation_effect": ("mu_alloc", "sigma_alloc"),
-                   "model_deviation": ("sigma_model",)}
+                   "model_deviation": ("sigma_model",), "em_floor": ("guess_rate",)}
 # Priors that are spreads or rates: a fixed value must be positive.
 _POSITIVE = {n for n in REQUIRED_PRIORS if n.startswith("sigma")} | {"em_concentration"}
 STRUCTURE_DEFAULTS: dict[str, Any] = {
@@ -46,6 +46,8 @@ STRUCTURE_DEFAULTS: dict[str, Any] = {
     "allocation_effect": False,
     # A deviation per (model, task) shared by the model's checkpoints ("auto": when there are checkpoints).
     "model_deviation": False,
+    # Exact-match floor (guess rate) per task ("auto": accuracy-only tasks); off for older specs.
+    "em_floor": False,
 }
 _CHOICES = {
     "parametrization": {"auto", "centered", "noncentered"},
@@ -53,7 +55,10 @@ _CHOICES = {
     "em_expectation": {"spline", "gauss-hermite"},
     "allocation_effect": {True, False, "auto"},
     "model_deviation": {True, False, "auto"},
+    "em_floor": {True, False, "auto"},
 }
+# Priors that are probabilities: a fixed value must lie in [0, 1).
+_PROBABILITY = {"guess_rate"}
 
 
 def spec_dir() -> Path:
@@ -132,6 +137,8 @@ def _parse(text: str, where: str) -> ModelSpec:
                 raise SpecError(f"{where}: prior '{name}' = {{ value = ... }} needs a number, got {p['value']!r}")
             if name in _POSITIVE and not p["value"] > 0:
                 raise SpecError(f"{where}: prior '{name}' is a spread or rate; its fixed value must be > 0")
+            if name in _PROBABILITY and not 0 <= p["value"] < 1:
+                raise SpecError(f"{where}: prior '{name}' is a probability; its fixed value must lie in [0, 1)")
             continue
         if not isinstance(p, dict) or "dist" not in p:
             raise SpecError(f"{where}: prior '{name}' needs a table with 'dist', e.g. {{ dist = \"Normal\", mu = 0, sigma = 1 }}")

@@ -5,7 +5,7 @@ import pytest
 import xarray as xr
 
 from forecaster.errors import QueryError
-from forecaster.metrics import crossing_log10_compute, metric_da, metric_value, threshold_log_ce
+from forecaster.metrics import crossing_log10_compute, metric_da, metric_value, observed_floor, threshold_log_ce
 
 
 @pytest.mark.parametrize("k,tau", [(1, 0.5), (5, 0.5), (5, 0.9), (12, 0.1)])
@@ -85,3 +85,49 @@ def test_xarray_wrapper_broadcasts_by_name():
     out = metric_da(lc, sg, "exact_match", k=2)
     assert out.dims == ("draw", "compute") and out.shape == (2, 3)
     assert float(out[0, 0]) == pytest.approx(metric_value(0.0, 1.0, "exact_match", 2))
+
+
+# --------------------------------------------------------------------------- exact-match floor (guess rate)
+
+
+def test_floor_closed_form_without_heterogeneity():
+    # an answer is right by luck with probability g on every attempt: g + (1 - g) p^k, and over n samples
+    # 1 - (1 - g)^n (1 - p^k)^n; token metrics are functions of the CE itself and have no floor
+    mu = np.linspace(-4, 2, 13)
+    p = np.exp(-np.exp(mu))
+    g, k, n = 0.2, 3, 4
+    np.testing.assert_allclose(metric_value(mu, 0.0, "exact_match", k=k, floor=g), g + (1 - g) * p**k, rtol=1e-12)
+    np.testing.assert_allclose(metric_value(mu, 0.0, "pass_at_n", k=k, n=n, floor=g),
+                               1 - (1 - g) ** n * (1 - p**k) ** n, rtol=1e-10)
+    np.testing.assert_allclose(metric_value(mu, 0.0, "pass_at_n", k=k, n=1, floor=g),
+                               metric_value(mu, 0.0, "exact_match", k=k, floor=g), rtol=1e-12)
+    for metric in ("token_accuracy", "edit_distance"):
+        np.testing.assert_array_equal(metric_value(mu, 0.7, metric, k=k, floor=g), metric_value(mu, 0.7, metric, k=k))
+    assert observed_floor(g, "pass_at_n", n) == pytest.approx(1 - (1 - g) ** n)
+    # far below: the floor; far above: 1
+    assert metric_value(30.0, 1.0, "exact_match", k=k, floor=g) == pytest.approx(g)
+
+
+def test_floor_threshold_closed_form_and_already_reached():
+    # threshold tau above the floor g: the latent part must reach (tau - g) / (1 - g)
+    g = np.array([0.0, 0.1, 0.3, 0.6])
+    tau, k = 0.5, 4
+    mu_star = threshold_log_ce(np.zeros(4), "exact_match", tau, k, floor=g)
+    latent = (tau - g[:3]) / (1 - g[:3])
+    np.testing.assert_allclose(mu_star[:3], np.log(-np.log(latent) / k), atol=1e-6)
+    # at or below the floor the threshold is reached at any log CE: mu* = +inf, crossing -inf ("already")
+    assert mu_star[3] == np.inf
+    x = crossing_log10_compute(np.full(4, 1.0), np.full(4, -0.3), mu_star, 20.0)
+    assert x[3] == -np.inf and np.all(np.isfinite(x[:3]))
+    # a floor moves the crossing earlier, and pass@n's floor rises with n
+    assert np.all(np.diff(x[:3]) < 0)
+    with_spread = threshold_log_ce(np.full(3, 1.3), "pass_at_n", 0.8, 3, n=5, floor=np.array([0.0, 0.2, 0.3]))
+    back = metric_value(with_spread[:2], 1.3, "pass_at_n", 3, n=5, floor=np.array([0.0, 0.2]))
+    np.testing.assert_allclose(back, 0.8, atol=2e-3)
+    assert with_spread[0] < with_spread[1] < np.inf
+    assert with_spread[2] == np.inf  # five lucky tries at 0.3 already pass 1 - 0.7^5 = 0.83 of items
+
+
+def test_floor_out_of_range_is_refused():
+    with pytest.raises(QueryError, match="floor"):
+        metric_value(0.0, 1.0, "exact_match", floor=1.0)

@@ -108,3 +108,58 @@ def test_fixed_prior_values_are_checked(tmp_path, value, expect):
     p.write_text(text)
     with pytest.raises(SpecError, match=expect):
         load_spec(p)
+
+
+# --------------------------------------------------------------------------- exact-match floor
+
+
+@pytest.mark.parametrize("switch", ["auto", True, False])
+def test_floor_variable_per_switch(demo_table, switch):
+    cells = summarize(demo_table)
+    spec = load_spec()
+    spec = dataclasses.replace(spec, structure={**spec.structure, "em_floor": switch})
+    m = build_model(cells, spec)
+    free = {v.name for v in m.free_RVs}
+    if switch is False:
+        assert "guess_rate" not in m.named_vars and not {"guess_rate", "guess_rate_free"} & free
+        return
+    assert "guess_rate" in m.named_vars
+    if switch is True:  # every task, free
+        assert "guess_rate" in free
+        return
+    # auto: only the accuracy-only task ("logic-acc") gets a free floor; the others are fixed at 0
+    assert "guess_rate_free" in free and "guess_rate" not in free
+    g = m["guess_rate"].eval({m["guess_rate_free"]: np.array([0.25])})
+    assert list(g) == [0.25 if t == "logic-acc" else 0.0 for t in cells.tasks]
+    assert np.isfinite(m.compile_logp()(m.initial_point()))
+
+
+def test_floor_raises_the_exact_match_likelihood_floor():
+    # accuracy-only counts at 10% where the latent accuracy is ~0: only a floor can explain them
+    sc = simulate([TaskTruth("t", a=3.0, b=-0.01, sigma_item=0.3, k=5, kind="accuracy", guess_rate=0.1)],
+                  n_items=2000, seed=2)
+    cells = summarize(validate(sc.data, allow_single_compute=True))
+    m = build_model(cells, load_spec())
+    logp = m.compile_logp(vars=[m["obs_em"]])
+    point = {**m.initial_point(), "a": np.array([5.0])}  # latent accuracy ~0
+    lo = logp({**point, "guess_rate_logodds__": np.array([np.log(0.001 / 0.999)])})
+    hi = logp({**point, "guess_rate_logodds__": np.array([np.log(0.1 / 0.9)])})
+    assert hi > lo + 100
+
+
+@pytest.mark.parametrize("value", ["1.0", "-0.1"])
+def test_fixed_floor_must_be_a_probability(tmp_path, value):
+    text = load_spec().text.replace('guess_rate = { dist = "Beta", alpha = 1.0, beta = 20.0 }',
+                                    f"guess_rate = {{ value = {value} }}")
+    p = tmp_path / "m.toml"
+    p.write_text(text)
+    with pytest.raises(SpecError, match="probability"):
+        load_spec(p)
+
+
+def test_floor_switch_needs_its_prior(tmp_path):
+    text = load_spec().text.replace('guess_rate = { dist = "Beta", alpha = 1.0, beta = 20.0 }', "")
+    p = tmp_path / "m.toml"
+    p.write_text(text)
+    with pytest.raises(SpecError, match="needs a prior 'guess_rate'"):
+        load_spec(p)

@@ -118,3 +118,29 @@ def test_demo_command(tmp_path):
     assert {"log10_compute_q50", "prob_reached_by_budget"} <= set(table.columns)
     # every fit reports its convergence (the demo's sigma_cell sits at R-hat ~1.01: see the open note)
     assert "convergence: max R-hat" in res.stderr and "divergences" in res.stderr, res.stderr
+
+
+def test_fit_without_floor_still_forecasts(tiny_fit):
+    """A fit saved before the exact-match floor existed (no ``guess_rate``) forecasts as with a zero floor."""
+    import dataclasses
+
+    import xarray as xr
+
+    post = tiny_fit.posterior
+    assert "guess_rate" in post  # the demo's accuracy-only task has one
+    old = dataclasses.replace(tiny_fit, tree=xr.DataTree(children={
+        "posterior": xr.DataTree(post.drop_vars([v for v in post.data_vars if v.startswith("guess_rate")])),
+        "sample_stats": tiny_fit.tree["sample_stats"]}))
+    zero = dataclasses.replace(tiny_fit, tree=xr.DataTree(children={
+        "posterior": xr.DataTree(post.assign(guess_rate=post["guess_rate"] * 0.0)),
+        "sample_stats": tiny_fit.tree["sample_stats"]}))
+    a = fc.forecast(old, threshold=0.5, at=[1e22]).table
+    b = fc.forecast(zero, threshold=0.5, at=[1e22]).table
+    pd.testing.assert_frame_equal(a, b)
+    curve = fc.metric_curve(old, "logic-acc", old.cells.families[0], old.cells.settings[0], "exact_match",
+                            np.linspace(18, 24, 5))
+    assert np.isfinite(curve.values).all()
+    # with the floor, a threshold below the floor of every draw is reached already
+    g = float(post["guess_rate"].sel(task="logic-acc").min())
+    low = fc.forecast(tiny_fit, threshold=g / 2, tasks="logic-acc").table
+    assert low["log10_compute_q95"].isna().all() and (low["prob_unreached"] == 0).all()

@@ -97,3 +97,23 @@ def test_accuracy_only_is_honest_about_uncertainty():
             inside = [t.loc[n].log10_compute_q05 <= x <= t.loc[n].log10_compute_q95 for n, x in truth.items()]
             assert np.mean(inside) >= 0.75
     assert widths["accuracy"] > widths["item"]
+
+
+def test_floor_recovered_and_crossing_covered():
+    """Accuracy-only task on a known floor (guess rate 0.1) that then rises: the floor is recovered and the
+    crossing of 0.5 (above the training range) covered; a threshold below the floor is reached already."""
+    truth = TaskTruth("mc", a=0.05, b=-0.6, sigma_item=0.8, k=3, kind="accuracy", guess_rate=0.1)
+    # accuracy 0.14 at 1e18 to 0.38 at 1e20.5 FLOPs; 0.5 is reached at 1e21.3
+    x_star = float(C0 + (threshold_log_ce(np.array([0.8]), "exact_match", (0.5 - 0.1) / 0.9, 3)[0] - 0.05) / -0.6)
+    assert LARGEST < x_star < LARGEST + 1.5
+    sc = simulate([truth], log10_compute={"sim": [18.0, 18.5, 19.0, 19.5, 20.0, 20.5]}, n_items=500, c0=C0,
+                  seed=5)
+    result = fit(sc.data, seed=5, draws=400, tune=600, chains=2)
+    assert result.diagnostics.max_rhat < 1.1, result.diagnostics.lines()  # accuracy only: a slow ridge
+    g = result.posterior["guess_rate"].sel(task="mc").values.ravel()
+    assert np.quantile(g, 0.05) < 0.1 < np.quantile(g, 0.95), np.quantile(g, [0.05, 0.5, 0.95])
+    row = forecast(result, threshold=0.5).table.iloc[0]
+    assert row.log10_compute_q05 <= x_star <= row.log10_compute_q95, (x_star, row)
+    # below a draw's floor the threshold is reached at any compute ("already": -inf)
+    below = forecast(result, threshold=0.05).draws["log10_compute"].values.ravel()
+    assert np.all(below[g >= 0.05] == -np.inf) and np.all(below[g < 0.05] > -np.inf)
