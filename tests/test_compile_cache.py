@@ -66,8 +66,10 @@ def test_second_compile_hits_cache(compiled):
 
 @pytest.fixture(scope="module")
 def reference(small_model):
-    """The same model compiled by nutpie itself."""
-    with warnings.catch_warnings():
+    """The same model compiled by nutpie itself (under the same numba flags: no fastmath)."""
+    import pytensor
+
+    with warnings.catch_warnings(), pytensor.config.change_flags(numba__fastmath=False):
         warnings.simplefilter("ignore")
         return nutpie.compile_pymc_model(small_model)
 
@@ -144,3 +146,34 @@ def test_cache_dir_env(monkeypatch, tmp_path):
     assert cc.cache_dir() == tmp_path
     monkeypatch.setenv("FORECASTER_CACHE", "off")
     assert cc.cache_dir() is None
+
+
+_CHILD = r"""
+import sys, warnings
+import numpy as np
+warnings.simplefilter("ignore")
+import forecaster as fc
+from forecaster import compile_cache as cc
+data = fc.demo_data()
+data = data[data.task.isin(sorted(data.task.unique())[:2])]
+res = fc.fit(data, seed=4, draws=150, tune=150, chains=2)
+np.save(sys.argv[1], res.posterior["mu_cell"].values)
+print(cc.stats["hits"], cc.stats["misses"])
+"""
+
+
+@pytest.mark.slow
+def test_first_and_later_process_give_the_same_draws(tmp_path):
+    """The process that fills the cache and a later one loading from it sample identically (same seed)."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, FORECASTER_CACHE=str(tmp_path / "cache"))
+    counts = []
+    for i in (1, 2):
+        r = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / f"draws{i}.npy")], env=env,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        counts.append(r.stdout.split())
+    assert counts == [["0", "1"], ["1", "0"]]  # a miss, then a hit
+    np.testing.assert_array_equal(np.load(tmp_path / "draws1.npy"), np.load(tmp_path / "draws2.npy"))
