@@ -38,7 +38,7 @@ from pytensor.graph.op import Op
 
 from .quadrature import normal_nodes
 
-__all__ = ["ExpectedExactMatch", "expected_exact_match", "em_and_derivatives", "g_exact", "spline_g", "spline_table", "METHODS"]
+__all__ = ["ExpectedExactMatch", "expected_exact_match", "em_and_derivatives", "em_value", "g_exact", "spline_g", "spline_table", "METHODS"]
 
 METHODS = ("spline", "gauss-hermite")
 #: Bump when the computation changes (part of numba's cache key).
@@ -126,7 +126,7 @@ def spline_g(v, s) -> np.ndarray:
     return _spline_em(v, s, np.ones_like(v), spline_table(), np, g_only=True)
 
 
-def _spline_em(mu, s, k, coef, xp, g_only=False):
+def _spline_em(mu, s, k, coef, xp, g_only=False, p_only=False):
     """``(p, dp/dmu, dp/ds)`` from the spline of ``g`` (numpy or jax.numpy; vectors)."""
     nv, nl = coef.shape
     v = mu + xp.log(k)
@@ -153,6 +153,8 @@ def _spline_em(mu, s, k, coef, xp, g_only=False):
         return g
     n = xp.exp(g)  # -log p
     p = xp.exp(-n)
+    if p_only:
+        return p
     dp_dv = -p * n * gx / HV
     dp_dls = -p * n * gy / HL
     return p, dp_dv, xp.where(s > np.exp(L0), dp_dls / s, 0.0)
@@ -170,6 +172,21 @@ def em_and_derivatives(mu, s, k, nodes: int = 24, method: str = "spline"):
         f = w * np.exp(-e)
     fe = f * e
     return f.sum(-1), -fe.sum(-1), -(fe * z).sum(-1)
+
+
+def em_value(mu, s, k=1.0) -> np.ndarray:
+    """``E[exp(-k exp(mu + s Z))]`` by the spline, for arrays of any (broadcast) shape (numpy)."""
+    mu, s, k = np.broadcast_arrays(*(np.asarray(a, float) for a in (mu, s, k)))
+    mu_shape = mu.shape
+    if mu.size == 0:
+        return np.zeros(mu_shape)
+    mu, s, k = mu.ravel(), s.ravel(), k.ravel()
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        p = _spline_em(mu, s, k, spline_table(), np, p_only=True)
+        narrow = s < np.exp(L0)  # below the grid: quadrature, exact as s -> 0
+        if narrow.any():
+            p[narrow] = em_and_derivatives(mu[narrow], s[narrow], k[narrow], method="gauss-hermite")[0]
+    return p.reshape(mu_shape)
 
 
 class ExpectedExactMatch(Op):

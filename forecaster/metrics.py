@@ -8,6 +8,10 @@ typical item, ``sigma`` the item spread), the expected metric over items is
 * ``edit_distance``: ``k * (1 - E[exp(-CE)])`` (expected wrong tokens out of ``k``; lower is better);
 * ``pass_at_n``: ``E[1 - (1 - exp(-k CE))**n]`` (exact match in at least one of ``n`` samples).
 
+The first three are ``E[exp(-k CE)]`` (or linear in it) and are read from the
+spline of :mod:`forecaster.expectation` (error < 1e-6; what the model's
+likelihood uses too); ``pass_at_n`` uses Gauss-Hermite nodes.
+
 All are monotone in ``mu``, so the compute at which a threshold is reached is
 found once per item spread on a lookup table of ``mu*(sigma)`` and then in
 closed form per draw: ``log10 C* = c0 + (mu* - intercept) / slope``.
@@ -29,6 +33,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import QueryError
+from .expectation import em_value
 from .quadrature import item_spread, normal_nodes
 
 __all__ = [
@@ -39,6 +44,8 @@ __all__ = [
 #: metric -> True when larger is better
 METRICS = {"exact_match": True, "token_accuracy": True, "edit_distance": False, "pass_at_n": True}
 NODES = 64
+# metrics that are E[exp(-k CE)] (or a linear function of it): computed by the spline unless nodes are asked for
+_SPLINE = ("exact_match", "token_accuracy", "edit_distance")
 
 
 def _item_metric(log_ce: np.ndarray, metric: str, k: float, n: int) -> np.ndarray:
@@ -70,10 +77,17 @@ def metric_value(log_ce, sigma, metric: str, k: float = 1.0, n: int = 1, nodes: 
                  floor=0.0) -> np.ndarray:
     """Expected ``metric`` over items whose log CE is ``N(log_ce, sigma)``, above a guess rate ``floor``
     (exact match and pass@n only; arrays broadcast)."""
-    z, w = normal_nodes(nodes)
-    lc = np.asarray(log_ce, float)[..., None] + np.asarray(sigma, float)[..., None] * z
-    with np.errstate(over="ignore", under="ignore", divide="ignore"):
-        v = np.sum(_item_metric(lc, metric, k, n) * w, axis=-1)
+    if metric in _SPLINE and nodes == NODES:
+        # E[exp(-k CE)] is the spline of forecaster.expectation (exact to 1e-6; 10x cheaper than 64 nodes)
+        if metric not in METRICS:
+            raise QueryError(f"unknown metric '{metric}'; choose one of {', '.join(METRICS)}")
+        p = em_value(log_ce, sigma, k if metric == "exact_match" else 1.0)
+        v = k * (1.0 - p) if metric == "edit_distance" else p
+    else:
+        z, w = normal_nodes(nodes)
+        lc = np.asarray(log_ce, float)[..., None] + np.asarray(sigma, float)[..., None] * z
+        with np.errstate(over="ignore", under="ignore", divide="ignore"):
+            v = np.sum(_item_metric(lc, metric, k, n) * w, axis=-1)
     if metric in ("exact_match", "pass_at_n") and np.any(np.asarray(floor) != 0):
         g = observed_floor(floor, metric, n)
         v = g + (1.0 - g) * v

@@ -131,3 +131,17 @@ def test_floor_threshold_closed_form_and_already_reached():
 def test_floor_out_of_range_is_refused():
     with pytest.raises(QueryError, match="floor"):
         metric_value(0.0, 1.0, "exact_match", floor=1.0)
+
+
+@pytest.mark.parametrize("metric", ["exact_match", "token_accuracy", "edit_distance"])
+def test_spline_metric_matches_many_node_quadrature(metric):
+    """metric_value reads E[exp(-k CE)] from the spline; it agrees with 200-node Gauss-Hermite (spread <= 3)
+    and is exact at zero spread."""
+    rng = np.random.default_rng(5)
+    mu = rng.uniform(-6, 3, (50, 3))
+    sigma = np.concatenate([np.zeros((50, 1)), rng.uniform(0.01, 3, (50, 2))], axis=1)
+    fast = metric_value(mu, sigma, metric, k=4)
+    slow = metric_value(mu, sigma, metric, k=4, nodes=200)
+    np.testing.assert_allclose(fast, slow, atol=1e-6)
+    exact0 = np.exp(-(4 if metric == "exact_match" else 1) * np.exp(mu[:, 0]))
+    np.testing.assert_allclose(fast[:, 0], 4 * (1 - exact0) if metric == "edit_distance" else exact0, rtol=1e-9)
