@@ -116,13 +116,20 @@ def _versions() -> tuple[str, ...]:
     )
 
 
-def model_key(pm_model: Any) -> str:
-    """Hash of what the compiled code depends on: log-density and trace graphs, parameter layout, versions."""
+def model_key(pm_model: Any, inputs: str | None = None) -> str:
+    """Hash of what the compiled code depends on: log-density and trace graphs, parameter layout, versions.
+
+    ``inputs``, when given, stands for the graphs: a digest of everything a pure model builder made the
+    model from (:func:`forecaster.model.model_digest`), which spares building the log density to hash it.
+    """
     free = [(rv.name, pm_model.rvs_to_values[rv].name, str(pm_model.rvs_to_transforms.get(rv))) for rv in pm_model.free_RVs]
     h = hashlib.sha256()
     for part in (_versions(), free, bool(pm_model.check_bounds)):
         h.update(repr(part).encode())
-    h.update(_graph_bytes([pm_model.logp(), *pm_model.unobserved_value_vars]))
+    if inputs is not None:
+        h.update(f"inputs:{inputs}".encode())
+    else:
+        h.update(_graph_bytes([pm_model.logp(), *pm_model.unobserved_value_vars]))
     return h.hexdigest()[:32]
 
 
@@ -347,6 +354,7 @@ def compile_nutpie(
     initial_points: dict | None = None,
     jitter_rvs: set | None = None,
     cache: Path | str | None = None,
+    inputs: str | None = None,
 ) -> Any:
     """``nutpie.compile_pymc_model(pm_model, initial_points=..., jitter_rvs=...)``, cached across processes.
 
@@ -358,6 +366,9 @@ def compile_nutpie(
         As in ``nutpie.compile_pymc_model``.
     cache : path, optional
         Cache directory (default: :func:`cache_dir`).
+    inputs : str, optional
+        Digest of what a pure builder made ``pm_model`` from, used as the key instead of hashing its graph
+        (:func:`model_key`; about 0.8 s faster on the demo).
 
     Returns
     -------
@@ -375,18 +386,18 @@ def compile_nutpie(
     import pytensor
 
     with pytensor.config.change_flags(numba__fastmath=False):
-        return _compile_nutpie(pm_model, initial_points, jitter_rvs, cache)
+        return _compile_nutpie(pm_model, initial_points, jitter_rvs, cache, inputs)
 
 
 def _compile_nutpie(pm_model: Any, initial_points: dict | None, jitter_rvs: set | None,
-                    cache: Path | str | None) -> Any:
+                    cache: Path | str | None, inputs: str | None) -> Any:
     import nutpie
 
     root = Path(cache).expanduser() if cache is not None else cache_dir()
     if root is not None:
         try:
             pymc_ip_fn = _initial_point_fn(pm_model, initial_points, jitter_rvs)
-            key = model_key(pm_model)
+            key = model_key(pm_model, inputs)
             entry = root / key
             compiled = _load(pm_model, entry, key, pymc_ip_fn) if entry.is_dir() else None
             if compiled is None:

@@ -22,7 +22,7 @@ import xarray as xr
 
 from .data import CellData, load_table, summarize, validate
 from .errors import ForecasterError
-from .model import build_model, choose_parametrization
+from .model import build_model, choose_parametrization, model_digest
 from .spec import ModelSpec, load_spec
 
 __all__ = ["FitResult", "Diagnostics", "fit", "diagnose", "SAMPLERS", "STORED_COLUMNS"]
@@ -251,7 +251,7 @@ def fit(
                 point = pm_model.initial_point()
                 key = next(k for k in point if k == name or k.startswith(f"{name}_") and k.endswith("__"))
                 initvals[name] = np.full(point[key].shape, 0.15)
-        idata = _sample_nutpie(pm_model, initvals, set(pm_model.free_RVs) - spread, kwargs)
+        idata = _sample_nutpie(pm_model, initvals, set(pm_model.free_RVs) - spread, kwargs, model_digest(cells, spec))
     else:
         with pm_model, warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -272,7 +272,7 @@ def fit(
     return FitResult(tree=tree, data=table, spec=spec, cells=cells, diagnostics=diagnose(tree), options=options)
 
 
-def _sample_nutpie(pm_model: pm.Model, initvals: dict, jitter_rvs: set, kwargs: dict):
+def _sample_nutpie(pm_model: pm.Model, initvals: dict, jitter_rvs: set, kwargs: dict, inputs: str | None = None):
     """What ``pm.sample(nuts_sampler="nutpie", ...)`` does (same seeds, same draws), with a cached compile."""
     import nutpie
     from pymc.backends.arviz import patch_nutpie_idata
@@ -281,7 +281,7 @@ def _sample_nutpie(pm_model: pm.Model, initvals: dict, jitter_rvs: set, kwargs: 
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        compiled = compile_nutpie(pm_model, initial_points=initvals, jitter_rvs=jitter_rvs)
+        compiled = compile_nutpie(pm_model, initial_points=initvals, jitter_rvs=jitter_rvs, inputs=inputs)
         seed = int(np.random.default_rng(kwargs["random_seed"]).spawn(kwargs["chains"])[0].integers(2**30))
         t0 = time.time()
         idata = nutpie.sample(

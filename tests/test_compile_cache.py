@@ -177,3 +177,20 @@ def test_first_and_later_process_give_the_same_draws(tmp_path):
         counts.append(r.stdout.split())
     assert counts == [["0", "1"], ["1", "0"]]  # a miss, then a hit
     np.testing.assert_array_equal(np.load(tmp_path / "draws1.npy"), np.load(tmp_path / "draws2.npy"))
+
+
+def test_model_digest_follows_data_and_spec(demo_table):
+    """The fit's cache key (a digest of what the pure builder uses) changes with the data and the spec."""
+    from forecaster.model import model_digest
+
+    tasks = sorted(demo_table.task.unique())[:2]
+    sub = demo_table[demo_table.task.isin(tasks)].copy()
+    spec = load_spec(None)
+    base = model_digest(summarize(sub), spec)
+    assert model_digest(summarize(sub.copy()), load_spec(None)) == base
+    other = sub.copy()
+    other.loc[other.index[0], "logprob"] -= 0.5  # one item's score
+    assert model_digest(summarize(other), spec) != base
+    changed = load_spec(None)
+    changed.priors["sigma_cell"] = {"dist": "HalfNormal", "sigma": 0.2}
+    assert model_digest(summarize(sub), changed) != base
