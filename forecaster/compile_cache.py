@@ -16,8 +16,9 @@ The cache is keyed on a hash of the model's log-density and trace graphs
 on a digest of what the pure model builder made the model from (cells, spec,
 the builder's source; :func:`forecaster.model.model_digest`), which spares
 building the log density just to hash it (0.8 s on the demo). The
-initial-point settings do not enter it (they are rebuilt each time, cheaply). Any failure — missing or corrupt files, version
-mismatch, a model with shared variables — falls back to
+initial-point settings do not enter it (they are rebuilt each time, cheaply).
+Any failure — missing or corrupt files, version mismatch, a model with shared
+variables — falls back to
 ``nutpie.compile_pymc_model``; results are identical either way.
 
 Cache location: ``$FORECASTER_CACHE``, else ``$XDG_CACHE_HOME/forecaster``,
