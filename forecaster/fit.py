@@ -22,7 +22,7 @@ import xarray as xr
 
 from .data import CellData, load_table, summarize, validate
 from .errors import ForecasterError
-from .model import build_model, choose_parametrization, model_digest
+from .model import build_model, choose_parametrization, model_digest, setting_population_draws
 from .spec import ModelSpec, load_spec
 
 __all__ = ["FitResult", "Diagnostics", "fit", "diagnose", "SAMPLERS", "STORED_COLUMNS"]
@@ -240,8 +240,9 @@ def fit(
         # spurious large-spread mode exists (it explains the CE away as sampling noise); chains jittered
         # into it stayed there (simulated aggregate tasks: sigma_item 2.9 vs true 0.8, R-hat 1.8).
         spread = {pm_model["sigma_item"]}
-        if "item_persistence" in pm_model.named_vars:
-            spread.add(pm_model["item_persistence"])
+        for name in ("item_persistence", "item_persistence_free"):
+            if name in pm_model.named_vars and pm_model[name] in pm_model.free_RVs:
+                spread.add(pm_model[name])
         initvals = {"sigma_item": np.ones(len(cells.tasks))}
         # ... and at a growing spread: a constant large spread is the same spurious mode for CE with accuracy
         # (Pythia LAMBADA: a chain started near spread_slope 0 stayed at sigma_item ~3, R-hat 1.8)
@@ -257,6 +258,10 @@ def fit(
             warnings.simplefilter("ignore")
             idata = pm.sample(**kwargs)
     tree = _tidy_tree(idata)
+    post = tree["posterior"].to_dataset()
+    extra = setting_population_draws(post, spec, len(cells.tasks), int(seed))
+    if extra:  # the pooled setting shifts, integrated out of the sampled model, drawn from their conditional
+        tree["posterior"] = xr.DataTree(post.assign(extra))
     centered_task, _ = choose_parametrization(cells, spec)
     options = dict(
         seed=int(seed), draws=int(draws), tune=int(tune), chains=int(chains), sampler=sampler,
