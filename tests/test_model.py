@@ -163,3 +163,42 @@ def test_floor_switch_needs_its_prior(tmp_path):
     p.write_text(text)
     with pytest.raises(SpecError, match="needs a prior 'guess_rate'"):
         load_spec(p)
+
+
+def test_setting_mean_integrated_out_and_persistence_where_identified(demo_table):
+    """Setting shifts: task mean + zero-sum offsets (the pooled mean not sampled); item_persistence sampled only
+    for tasks with per-item data, fixed at its prior mean elsewhere."""
+    cells = summarize(demo_table)
+    m = build_model(cells, load_spec())
+    free = {v.name for v in m.free_RVs}
+    assert {"setting_m_a", "setting_m_b", "da_z", "db_z", "item_persistence_free"} <= free
+    assert not {"setting_a", "setting_b", "item_persistence"} & free
+    assert isinstance(m["da_z"].owner.op, type(pm.ZeroSumNormal.dist(sigma=1.0, shape=(1, 4)).owner.op))
+    n_item_tasks = len(set(np.asarray(cells.group_task).tolist()))
+    assert m.initial_point()["item_persistence_free_logodds__"].shape == (n_item_tasks,)
+    rho = m["item_persistence"].eval({m["item_persistence_free"]: np.full(n_item_tasks, 0.9)})
+    has_items = [t in {cells.tasks[g] for g in cells.group_task} for t in cells.tasks]
+    np.testing.assert_allclose(rho, np.where(has_items, 0.9, 4.0 / 6.0))
+    # a prior outside the Normal family: the pooled mean is sampled as before
+    spec = load_spec()
+    spec.priors["setting_a"] = {"dist": "StudentT", "nu": 4.0, "mu": 0.0, "sigma": 1.0}
+    assert "setting_a" in {v.name for v in build_model(cells, spec).free_RVs}
+
+
+def test_setting_population_draws_follow_the_conditional():
+    import xarray as xr
+
+    from forecaster.model import setting_population_draws
+
+    n = 40_000
+    post = xr.Dataset({
+        "setting_m_a": (("chain", "draw", "setting_effect"), np.ones((2, n // 2, 1))),
+        "sigma_setting_a": (("chain", "draw"), np.full((2, n // 2), 0.5)),
+    })
+    spec = load_spec()  # setting_a ~ Normal(0, 1)
+    d = setting_population_draws(post, spec, n_task=4, seed=1)["setting_a"].values
+    prec = 1.0 + 4 / 0.25
+    assert d.shape == (2, n // 2, 1)
+    assert abs(d.mean() - (4 / 0.25) / prec) < 0.01 and abs(d.std() - prec**-0.5) < 0.01
+    spec.priors["setting_a"] = {"value": 0.3}
+    np.testing.assert_array_equal(setting_population_draws(post, spec, 4, 1)["setting_a"].values, 0.3)
