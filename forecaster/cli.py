@@ -20,6 +20,12 @@ app = typer.Typer(
     help="Bayesian scaling forecaster: when will a language-model capability cross a threshold?",
 )
 
+# options shared by the commands that read evaluation results (fit, backtest, import)
+FromFormat = Annotated[str, typer.Option("--from", help="Input format: tidy | lm-eval | inspect | bigbench | long")]
+ComputeTable = Annotated[Optional[Path], typer.Option(help="CSV: model -> params, tokens or compute.")]
+DropUnknown = Annotated[bool, typer.Option(
+    help="Drop (with a warning) models whose compute is unknown, instead of stopping.")]
+
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 FORMATS = ("table", "json", "csv")
 
@@ -118,10 +124,9 @@ def fit(
     strict: Annotated[bool, typer.Option(help="Exit 1 when the posterior cannot be trusted.")] = False,
     pool_single_compute: Annotated[bool, typer.Option(
         help="Fit tasks seen at one compute only through the pooled slope prior.")] = False,
-    from_format: Annotated[str, typer.Option("--from", help="Input format: tidy | lm-eval | inspect | bigbench | long")] = "tidy",
-    compute_table: Annotated[Optional[Path], typer.Option(help="CSV: model -> params, tokens or compute.")] = None,
-    drop_unknown: Annotated[bool, typer.Option(
-        help="Drop (with a warning) models whose compute is unknown, instead of stopping.")] = False,
+    from_format: FromFormat = "tidy",
+    compute_table: ComputeTable = None,
+    drop_unknown: DropUnknown = False,
 ) -> None:
     """Fit the hierarchical scaling model and save the posterior."""
 
@@ -419,10 +424,9 @@ def backtest(
     fmt: Annotated[str, typer.Option("--format", help="table | json | csv (csv: the held-out points)")] = "table",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Calibration + predictions figure (.png/.svg/.pdf).")] = None,
-    from_format: Annotated[str, typer.Option("--from", help="Input format: tidy | lm-eval | inspect | bigbench | long")] = "tidy",
-    compute_table: Annotated[Optional[Path], typer.Option(help="CSV: model -> params, tokens or compute.")] = None,
-    drop_unknown: Annotated[bool, typer.Option(
-        help="Drop (with a warning) models whose compute is unknown, instead of stopping.")] = False,
+    from_format: FromFormat = "tidy",
+    compute_table: ComputeTable = None,
+    drop_unknown: DropUnknown = False,
 ) -> None:
     """Fit on the smaller models, forecast the held-out larger ones, score against two baselines."""
 
@@ -514,9 +518,8 @@ def import_cmd(
     fmt: Annotated[str, typer.Argument(metavar="FORMAT", help="lm-eval | inspect | bigbench | long")],
     paths: Annotated[list[Path], typer.Argument(help="Result files or folders.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Tidy CSV to write.")],
-    compute_table: Annotated[Optional[Path], typer.Option(help="CSV: model -> params, tokens or compute.")] = None,
-    drop_unknown: Annotated[bool, typer.Option(
-        help="Drop (with a warning) models whose compute is unknown, instead of stopping.")] = False,
+    compute_table: ComputeTable = None,
+    drop_unknown: DropUnknown = False,
 ) -> None:
     """Convert evaluation logs to the tidy input table."""
 

@@ -180,13 +180,20 @@ def _spread_slope(spec: ModelSpec, cells: CellData):
     has_ce = (cells.item_n > 0) | np.isfinite(cells.ce_obs)
     ok = np.array([len(np.unique(np.round(cells.cell_x[has_ce & (cells.cell_task == j)], 6))) >= 2
                    for j in range(len(cells.tasks))])
-    if ok.all():
-        return spec.prior("spread_slope", dims="task")
-    if not ok.any():
-        return pm.Deterministic("spread_slope", pt.zeros(len(ok)), dims="task")
-    free = spec.prior("spread_slope", shape=int(ok.sum()), rv_name="spread_slope_free")
-    full = pt.set_subtensor(pt.zeros(len(ok))[np.flatnonzero(ok)], free)
-    return pm.Deterministic("spread_slope", full, dims="task")
+    return _free_where(spec, "spread_slope", ok, 0.0)
+
+
+def _free_where(spec: ModelSpec, name: str, free: np.ndarray, fixed: float):
+    """Per-task parameter ``name``: its spec prior for the tasks in ``free`` (sampled as ``<name>_free``, or as
+    ``name`` itself when all are free), the value ``fixed`` for the others."""
+    if free.all():
+        return spec.prior(name, dims="task")
+    # pt.zeros for 0: that graph compiles to the same arithmetic (and draws) as the per-parameter code it replaced
+    full = pt.zeros(len(free)) if fixed == 0.0 else pt.full(len(free), fixed)
+    if free.any():
+        sampled = spec.prior(name, shape=int(free.sum()), rv_name=f"{name}_free")
+        full = pt.set_subtensor(full[np.flatnonzero(free)], sampled)
+    return pm.Deterministic(name, full, dims="task")
 
 
 def floor_tasks(cells: CellData, spec: ModelSpec) -> np.ndarray:
@@ -213,11 +220,7 @@ def floor_tasks(cells: CellData, spec: ModelSpec) -> np.ndarray:
 
 def _guess_rate(spec: ModelSpec, on: np.ndarray):
     """Per-task floor: free (prior ``guess_rate``) where ``on``, else fixed at 0."""
-    if on.all():
-        return spec.prior("guess_rate", dims="task")
-    free = spec.prior("guess_rate", shape=int(on.sum()), rv_name="guess_rate_free")
-    full = pt.set_subtensor(pt.zeros(len(on))[np.flatnonzero(on)], free)
-    return pm.Deterministic("guess_rate", full, dims="task")
+    return _free_where(spec, "guess_rate", on, 0.0)
 
 
 def model_digest(cells: CellData, spec: ModelSpec) -> str:
@@ -321,13 +324,7 @@ def _item_persistence(spec: ModelSpec, cells: CellData):
         mean = float(p.get("alpha", 1.0)) / (float(p.get("alpha", 1.0)) + float(p.get("beta", 1.0)))
     else:
         return spec.prior("item_persistence", dims="task")
-    if ident.all():
-        return spec.prior("item_persistence", dims="task")
-    full = pt.full(n_task, mean)
-    if ident.any():
-        free = spec.prior("item_persistence", shape=int(ident.sum()), rv_name="item_persistence_free")
-        full = pt.set_subtensor(full[np.flatnonzero(ident)], free)
-    return pm.Deterministic("item_persistence", full, dims="task")
+    return _free_where(spec, "item_persistence", ident, mean)
 
 
 def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
