@@ -2,8 +2,8 @@
 
 ``nutpie.compile_pymc_model`` spends most of its time, in every process, on
 work that does not depend on anything but the model: pytensor's gradient and
-graph rewrites (~3 s on the demo) and numba compiling nutpie's C-callable
-wrappers around the pytensor function (~7 s; nutpie builds them as closures,
+graph rewrites (~5 s on the demo) and numba compiling nutpie's C-callable
+wrappers around the pytensor function (~9 s; nutpie builds them as closures,
 which numba cannot cache). :func:`compile_nutpie` instead writes the wrappers
 as plain functions into a generated module file under the cache directory, so
 numba's own on-disk cache (``cache=True``) keeps the machine code, and stores
@@ -16,7 +16,9 @@ The cache is keyed on a hash of the model's log-density and trace graphs
 on a digest of what the pure model builder made the model from (cells, spec,
 the builder's source; :func:`forecaster.model.model_digest`), which spares
 building the log density just to hash it (0.8 s on the demo). The
-initial-point settings do not enter it (they are rebuilt each time, cheaply).
+initial-point settings do not enter it: the start vectors PyMC's initial-point
+function gives for each seed are stored in the entry, keyed by those settings
+(:class:`_StoredInitialPoints`), so a warm fit does not build that function.
 Any failure — missing or corrupt files, version mismatch, a model with shared
 variables — falls back to
 ``nutpie.compile_pymc_model``; results are identical either way.
@@ -28,6 +30,7 @@ else ``~/.cache/forecaster``; ``FORECASTER_CACHE=off`` disables it. At most
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -45,7 +48,7 @@ import numpy as np
 __all__ = ["compile_nutpie", "cache_dir", "model_key", "clear_cache", "MAX_ENTRIES", "stats"]
 
 #: Bump when the generated code or the stored metadata change.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 #: Models kept in the cache (least recently used beyond this are removed).
 MAX_ENTRIES = 32
 
@@ -238,9 +241,46 @@ def _cfuncs(mod: ModuleType) -> tuple[Any, Any]:
     import numba
 
     logp_sig, expand_sig = _c_signatures()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _outer_unoptimized(("logp", "expand")):
         warnings.simplefilter("ignore", numba.NumbaWarning)
         return numba.cfunc(logp_sig, cache=True)(mod.logp), numba.cfunc(expand_sig, cache=True)(mod.expand)
+
+
+@contextlib.contextmanager
+def _outer_unoptimized(names: tuple[str, ...]):
+    """LLVM's module optimization off (``-O0``) for the numba libraries named ``names`` finalized in this block.
+
+    Those are the two C entry points, into whose module LLVM would otherwise inline and re-optimize every
+    kernel of the model graph. The kernels themselves (pytensor's per-op functions, compiled and cached on
+    their own) keep numba's default optimization. Measured on the demo (fresh processes): compiling a new
+    model 15.3 -> 13.3 s, a warm fit 4.6 -> 4.7 s (sampling within the noise), the same draws. ``-O1``
+    saved only 1 s; ``NUMBA_OPT=0`` for everything compiles the kernels unoptimized too: a gradient 14x
+    slower. Without the numba internals this relies on, a no-op.
+    """
+    try:
+        from numba.core import codegen, config
+        lib_cls = codegen.CPUCodeLibrary
+        orig = lib_cls._optimize_final_module
+        level0 = type(config.OPT)(0)
+    except Exception:  # noqa: BLE001
+        yield
+        return
+
+    def optimize(self):
+        if self.name.split(".")[-1] not in names:
+            return orig(self)
+        saved = config.OPT
+        config.OPT = level0
+        try:
+            return orig(self)
+        finally:
+            config.OPT = saved
+
+    lib_cls._optimize_final_module = optimize
+    try:
+        yield
+    finally:
+        lib_cls._optimize_final_module = orig
 
 
 def _assemble(pm_model: Any, meta: dict, logp_c: Any, expand_c: Any, initial_point_fn: Any,
@@ -328,7 +368,63 @@ def _discard(entry: Path, key: str) -> None:
     shutil.rmtree(entry, ignore_errors=True)
 
 
-def _load(pm_model: Any, entry: Path, key: str, pymc_ip_fn: Any) -> Any | None:
+class _StoredInitialPoints:
+    """nutpie's seeded start-vector function, with each seed's start vector kept in the cache entry.
+
+    PyMC's initial-point function (support points of the priors, the overrides, U(-1, 1) jitter) takes
+    ~0.5 s to build and compile, a tenth of a warm demo fit, yet a fit asks it for a handful of vectors that
+    depend only on the model, the overrides, the jittered variables and the seed. Those are the key of a small
+    file per seed; the function is built only when a vector is missing, and the vectors are the ones it
+    returns, so the draws are the same either way.
+    """
+
+    def __init__(self, entry: Path, make_fn: Any, settings: str) -> None:
+        import threading
+
+        self.entry, self.make_fn, self.settings = entry, make_fn, settings
+        self.fn = None
+        self.lock = threading.Lock()
+
+    def path(self, seed: Any) -> Path:
+        h = hashlib.sha256(f"{self.settings}|{seed!r}".encode()).hexdigest()[:24]
+        return self.entry / f"init-{h}.npy"
+
+    def __call__(self, seed: Any = None) -> np.ndarray:
+        with self.lock:
+            p = self.path(seed) if seed is not None else None
+            if p is not None:
+                try:
+                    return np.load(p, allow_pickle=False)
+                except Exception:  # noqa: BLE001 - missing or damaged: recompute
+                    pass
+            if self.fn is None:
+                self.fn = self.make_fn()
+            value = np.ascontiguousarray(self.fn(seed), dtype=np.float64)
+            if p is not None:
+                try:
+                    import io
+
+                    buf = io.BytesIO()
+                    np.save(buf, value, allow_pickle=False)
+                    _write_new(p, buf.getvalue())
+                except Exception:  # noqa: BLE001 - a read-only cache still works
+                    pass
+            return value
+
+
+def _initial_settings(pm_model: Any, initial_points: dict | None, jitter_rvs: set | None) -> str:
+    """Text identifying the initial-point settings (overrides with their values, jittered variables)."""
+    h = hashlib.sha256()
+    for name, val in sorted((initial_points or {}).items(), key=lambda kv: str(kv[0])):
+        arr = np.ascontiguousarray(np.asarray(val, dtype=np.float64))
+        h.update(f"{name}:{arr.shape}:".encode())
+        h.update(arr.tobytes())
+    jit = sorted(rv.name for rv in (set(pm_model.free_RVs) if jitter_rvs is None else jitter_rvs))
+    h.update(repr(jit).encode())
+    return h.hexdigest()
+
+
+def _load(pm_model: Any, entry: Path, key: str, make_ip_fn: Any) -> Any | None:
     """The compiled model from the cache entry, or ``None`` (entry incomplete, stale or damaged: removed)."""
     try:
         meta = pickle.loads((entry / _META).read_bytes())
@@ -343,7 +439,7 @@ def _load(pm_model: Any, entry: Path, key: str, pymc_ip_fn: Any) -> Any | None:
     try:
         # without LOGP_INNER/EXPAND_INNER in the module this succeeds only from numba's cache
         logp_c, expand_c = _cfuncs(_load_module(entry, key))
-        ip_fn = _flat_initial_point_fn(pymc_ip_fn, meta)
+        ip_fn = make_ip_fn(meta)
     except Exception:  # noqa: BLE001
         _discard(entry, key)
         return None
@@ -400,14 +496,19 @@ def _compile_nutpie(pm_model: Any, initial_points: dict | None, jitter_rvs: set 
     root = Path(cache).expanduser() if cache is not None else cache_dir()
     if root is not None:
         try:
-            pymc_ip_fn = _initial_point_fn(pm_model, initial_points, jitter_rvs)
             key = model_key(pm_model, inputs)
             entry = root / key
-            compiled = _load(pm_model, entry, key, pymc_ip_fn) if entry.is_dir() else None
+            settings = _initial_settings(pm_model, initial_points, jitter_rvs)
+
+            def make_ip_fn(meta: dict) -> _StoredInitialPoints:
+                return _StoredInitialPoints(entry, lambda: _flat_initial_point_fn(
+                    _initial_point_fn(pm_model, initial_points, jitter_rvs), meta), settings)
+
+            compiled = _load(pm_model, entry, key, make_ip_fn) if entry.is_dir() else None
             if compiled is None:
                 root.mkdir(parents=True, exist_ok=True)
                 _prune(root, entry)
-                compiled = _compile_and_store(pm_model, entry, key, pymc_ip_fn)
+                compiled = _compile_and_store(pm_model, entry, key, _initial_point_fn(pm_model, initial_points, jitter_rvs))
             return compiled
         except Exception:  # noqa: BLE001 - any cache problem: compile the ordinary way
             pass

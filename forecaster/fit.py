@@ -20,6 +20,7 @@ import pandas as pd
 import pymc as pm
 import xarray as xr
 
+from .convergence import rhat_ess
 from .data import CellData, load_table, summarize, validate
 from .errors import ForecasterError
 from .model import build_model, choose_parametrization, model_digest, setting_population_draws
@@ -68,24 +69,29 @@ def diagnose(tree: xr.DataTree) -> Diagnostics:
     post = tree["posterior"].to_dataset()
     names = [v for v in post.data_vars if not v.endswith(_SKIP_DIAG)]
     n_chains, n_draws = post.sizes["chain"], post.sizes["draw"]
-    # constant entries (the reference setting's zero effect) give 0/0 inside R-hat: skip them
-    names = [v for v in names if float(post[v].std()) > 0]
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        rhat = az.rhat(post[names])
-        ess_b = az.ess(post[names], method="bulk")
-        ess_t = az.ess(post[names], method="tail")
+    # all scalars as the columns of one (chain, draw, k) array: ArviZ's estimators, vectorized (convergence.py)
+    cols, owner = [], []
+    for v in names:
+        arr = post[v].transpose("chain", "draw", ...).values.reshape(n_chains, n_draws, -1)
+        # constant entries (the reference setting's zero effect) give 0/0 inside R-hat: skip them
+        keep = np.isfinite(arr).all(axis=(0, 1)) & (arr.std(axis=(0, 1)) > 0)
+        cols.append(arr[:, :, keep])
+        owner += [v] * int(keep.sum())
+    if owner:
+        rhat, ess_b, ess_t = rhat_ess(np.concatenate(cols, axis=2))
+    else:
+        rhat = ess_b = ess_t = np.array([np.nan])
+        owner = [""]
 
-    def worst(ds: xr.Dataset, fn) -> tuple[float, str]:
-        vals = {k: float(fn(ds[k].values)) for k in ds.data_vars if np.isfinite(ds[k].values).any()}
-        if not vals:
+    def worst(vals: np.ndarray, largest: bool) -> tuple[float, str]:
+        if not np.isfinite(vals).any():
             return float("nan"), ""
-        k = max(vals, key=vals.get) if fn is np.nanmax else min(vals, key=vals.get)
-        return vals[k], k
+        i = int(np.nanargmax(vals) if largest else np.nanargmin(vals))
+        return float(vals[i]), owner[i]
 
-    max_rhat, worst_var = worst(rhat, np.nanmax)
-    min_b, _ = worst(ess_b, np.nanmin)
-    min_t, _ = worst(ess_t, np.nanmin)
+    max_rhat, worst_var = worst(rhat, True)
+    min_b, _ = worst(ess_b, False)
+    min_t, _ = worst(ess_t, False)
     div = int(tree["sample_stats"]["diverging"].sum()) if "diverging" in tree["sample_stats"] else 0
     msgs = []
     if n_chains < 2:
@@ -249,9 +255,10 @@ def fit(
         for name in ("spread_slope", "spread_slope_free"):
             if name in pm_model.named_vars and pm_model[name] in pm_model.free_RVs:
                 spread.add(pm_model[name])
-                point = pm_model.initial_point()
-                key = next(k for k in point if k == name or k.startswith(f"{name}_") and k.endswith("__"))
-                initvals[name] = np.full(point[key].shape, 0.15)
+                # its length from its static shape, else one per task (dims): compiling the initial-point function
+                # just to read it cost 0.3 s
+                n = pm_model[name].type.shape[0]
+                initvals[name] = np.full(len(cells.tasks) if n is None else int(n), 0.15)
         idata = _sample_nutpie(pm_model, initvals, set(pm_model.free_RVs) - spread, kwargs, model_digest(cells, spec))
     else:
         with pm_model, warnings.catch_warnings():

@@ -194,3 +194,22 @@ def test_model_digest_follows_data_and_spec(demo_table):
     changed = load_spec(None)
     changed.priors["sigma_cell"] = {"dist": "HalfNormal", "sigma": 0.2}
     assert model_digest(summarize(sub), changed) != base
+
+
+def test_initial_points_stored_per_seed(reference, compiled, cache_root, small_model):
+    """A cache hit returns PyMC's start vectors, keeps them per seed, and reads them back without PyMC."""
+    _, second, _ = compiled
+    for seed in (3, 4):
+        np.testing.assert_array_equal(second.initial_point_func(seed), reference.initial_point_func(seed))
+    entry = cache_root / cc.model_key(small_model)
+    assert len(list(entry.glob("init-*.npy"))) >= 2
+
+    def must_not_build():
+        raise AssertionError("built the initial-point function although the vector was stored")
+
+    stored = cc._StoredInitialPoints(entry, must_not_build, cc._initial_settings(small_model, None, None))
+    np.testing.assert_array_equal(stored(3), reference.initial_point_func(3))
+    # other settings (an override) are another key: not read from these files
+    other = cc._StoredInitialPoints(entry, must_not_build, cc._initial_settings(small_model, {"sigma_item": [1.0, 1.0]}, None))
+    with pytest.raises(AssertionError, match="built the initial-point function"):
+        other(3)

@@ -202,3 +202,28 @@ def test_setting_population_draws_follow_the_conditional():
     assert abs(d.mean() - (4 / 0.25) / prec) < 0.01 and abs(d.std() - prec**-0.5) < 0.01
     spec.priors["setting_a"] = {"value": 0.3}
     np.testing.assert_array_equal(setting_population_draws(post, spec, 4, 1)["setting_a"].values, 0.3)
+
+
+def test_setting_index_reads_the_shift_of_each_cell():
+    from forecaster.model import _setting_index
+
+    rng = np.random.default_rng(0)
+    n_task, n_set = 5, 4
+    t, s = rng.integers(0, n_task, 50), rng.integers(0, n_set, 50)
+    shifts = rng.normal(size=(n_task, n_set - 1))
+    idx, on = _setting_index(t, s, n_set)
+    full = np.concatenate([np.zeros((n_task, 1)), shifts], axis=1)
+    np.testing.assert_array_equal(shifts.ravel()[idx] * on, full[t, s])
+
+
+def test_take_slices_contiguous_cells():
+    import pytensor.tensor as pt
+
+    from forecaster.model import _take
+
+    x = pt.vector("x")
+    assert type(_take(x, np.arange(3, 9)).owner.op).__name__ == "Subtensor"
+    assert type(_take(x, np.array([0, 2, 3])).owner.op).__name__.startswith("AdvancedSubtensor")
+    v = np.arange(10.0)
+    for idx in (np.arange(3, 9), np.array([0, 2, 3])):
+        np.testing.assert_array_equal(_take(x, idx).eval({x: v}), v[idx])
