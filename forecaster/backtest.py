@@ -764,6 +764,7 @@ def backtest(
                     "max_rhat": _json_value(d.max_rhat), "min_ess_bulk": _json_value(d.min_ess_bulk),
                     "min_ess_tail": _json_value(d.min_ess_tail), "divergences": int(d.divergences),
                     "trusted": bool(d.trusted)}
+                notes.extend(f"{split.label}: the {m} fit: {n}" for n in d.notes)
                 if not d.trusted:
                     notes.append(f"{split.label}: the {m} fit did not converge cleanly ({'; '.join(d.lines())}); "
                                  "its scores are not trustworthy")

@@ -91,6 +91,8 @@ def _print_diagnostics(result) -> None:
     con = Console(stderr=True, highlight=False)
     d = result.diagnostics
     con.print(f"convergence: {'; '.join(d.lines())}")
+    for note in d.notes:
+        con.print(f"[yellow]note: {note}[/]")
     if d.warnings:
         con.print("[bold red]WARNING: this posterior cannot be trusted yet:[/]")
         for w in d.warnings:

@@ -144,3 +144,31 @@ def test_fit_without_floor_still_forecasts(tiny_fit):
     g = float(post["guess_rate"].sel(task="logic-acc").min())
     low = fc.forecast(tiny_fit, threshold=g / 2, tasks="logic-acc").table
     assert low["log10_compute_q95"].isna().all() and (low["prob_unreached"] == 0).all()
+
+
+def test_stuck_chain_is_dropped_and_reported():
+    import xarray as xr
+
+    from forecaster.fit import _drop_stuck, diagnose, stuck_chains
+
+    rng = np.random.default_rng(0)
+    lp = rng.normal(-35.0, 3.0, size=(4, 200))
+    assert stuck_chains(lp) == []
+    lp[2] -= 1400.0  # one chain in a basin of negligible mass
+    assert stuck_chains(lp) == [2]
+    assert stuck_chains(lp[:2]) == []  # two chains: no majority to go by
+    two = lp.copy()
+    two[3] -= 1400.0
+    assert stuck_chains(two) == []  # half the chains: keep all, let R-hat speak
+    x = rng.normal(size=(4, 200))
+    x[2] += 5.0
+    tree = xr.DataTree(children={
+        "posterior": xr.DataTree(xr.Dataset({"theta": (("chain", "draw"), x)}, coords={"chain": np.arange(4)})),
+        "sample_stats": xr.DataTree(xr.Dataset({"logp": (("chain", "draw"), lp),
+                                                "diverging": (("chain", "draw"), np.zeros((4, 200), bool))})),
+    })
+    assert diagnose(tree).max_rhat > 1.5
+    kept = _drop_stuck(tree)
+    assert list(kept["posterior"].to_dataset()["chain"].values) == [0, 1, 3]
+    d = diagnose(kept)
+    assert d.max_rhat < 1.05 and d.notes and "chain(s) 2 stuck" in d.notes[0]
