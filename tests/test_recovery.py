@@ -38,18 +38,15 @@ def _tasks(rng, n, kind):
     return tasks, truth
 
 
-@pytest.mark.parametrize("kind,seed", [
-    ("item", 7),
-    pytest.param("aggregate", 8, marks=pytest.mark.xfail(
-        reason="known, open: with aggregate CE + counts only, (typical CE, item spread) has a second mode at "
-               "sigma_item ~3 that some chains find (R-hat up to 1.8); see README 'Known limits'", strict=False)),
-])
+@pytest.mark.parametrize("kind,seed", [("item", 7), ("aggregate", 8)])
 def test_crossing_calibration(kind, seed):
+    """With aggregate CE + counts only, one of the chains can get stuck at a large item spread (seed 8: mean
+    log density 205 below the others; 2 chains gave R-hat 1.83): 4 chains, so that it is found and dropped."""
     rng = np.random.default_rng(seed)
     tasks, truth = _tasks(rng, 8, kind)
     sc = simulate(tasks, log10_compute={"sim": [18.0, 18.5, 19.0, 19.5, 20.0, 20.5]}, n_items=150, c0=C0,
                   sigma_cell=0.03, seed=seed)
-    result = fit(sc.data, seed=seed, draws=500, tune=700, chains=2)
+    result = fit(sc.data, seed=seed, draws=500, tune=700, chains=4)
     d = result.diagnostics
     assert d.max_rhat < 1.1, d.lines()
     table = forecast(result, metric="exact_match", threshold=0.5).table.set_index("task")
