@@ -142,19 +142,22 @@ def _spline_em(mu, s, k, coef, xp, g_only=False, p_only=False):
     wy, dy = _bspline(yc - j, xp)
     off = xp.arange(-1, 3)
     c = coef[(i[:, None] + off)[:, :, None], (j[:, None] + off)[:, None, :]]  # (n, 4, 4)
-    g = xp.einsum("na,nab,nb->n", wx, c, wy)
-    gx = xp.einsum("na,nab,nb->n", dx, c, wy)
-    gy = xp.einsum("na,nab,nb->n", wx, c, dy)
-    gxy = xp.einsum("na,nab,nb->n", dx, c, dy)
+    # contract over the log-s knots first (two batched mat-vecs), then over the v knots
+    cwy = (c * wy[:, None, :]).sum(-1)
+    cdy = (c * dy[:, None, :]).sum(-1)
+    g = (wx * cwy).sum(-1)
+    gx = (dx * cwy).sum(-1)
+    gy = (wx * cdy).sum(-1)
     # beyond the grid: first-order continuation from the edge, with its exact derivatives
     g = g + gx * (x - xc) + gy * (y - yc)
+    if g_only or p_only:
+        if g_only:
+            return g
+        return xp.exp(-xp.exp(g))
+    gxy = (dx * cdy).sum(-1)
     gx, gy = gx + xp.where(x == xc, gxy * (y - yc), 0.0), gy + xp.where(y == yc, gxy * (x - xc), 0.0)
-    if g_only:
-        return g
     n = xp.exp(g)  # -log p
     p = xp.exp(-n)
-    if p_only:
-        return p
     dp_dv = -p * n * gx / HV
     dp_dls = -p * n * gy / HL
     return p, dp_dv, xp.where(s > np.exp(L0), dp_dls / s, 0.0)

@@ -172,3 +172,19 @@ def test_stuck_chain_is_dropped_and_reported():
     assert list(kept["posterior"].to_dataset()["chain"].values) == [0, 1, 3]
     d = diagnose(kept)
     assert d.max_rhat < 1.05 and d.notes and "chain(s) 2 stuck" in d.notes[0]
+
+
+def test_saved_fit_keeps_its_diagnostics(tiny_fit, tmp_path):
+    """Diagnostics travel in the file (loading does not recompute them) and equal a recomputation;
+    a file without them (older versions) gets them computed."""
+    from forecaster.fit import diagnose
+    from forecaster.io import _DIAG_ATTR
+
+    res = tiny_fit
+    fc.save_fit(res, tmp_path / "a.nc")
+    assert _DIAG_ATTR not in res.tree["posterior"].attrs  # the caller's tree is not modified
+    back = fc.load_fit(tmp_path / "a.nc")
+    assert back.diagnostics == res.diagnostics == diagnose(back.tree)
+    del back.tree["posterior"].attrs[_DIAG_ATTR]
+    back.tree.to_netcdf(tmp_path / "old.nc", engine="h5netcdf")
+    assert fc.load_fit(tmp_path / "old.nc").diagnostics == res.diagnostics
