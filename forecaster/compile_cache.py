@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import io
 import os
 import pickle
 import shutil
@@ -402,8 +403,6 @@ class _StoredInitialPoints:
             value = np.ascontiguousarray(self.fn(seed), dtype=np.float64)
             if p is not None:
                 try:
-                    import io
-
                     buf = io.BytesIO()
                     np.save(buf, value, allow_pickle=False)
                     _write_new(p, buf.getvalue())

@@ -42,7 +42,7 @@ __all__ = ["ExpectedExactMatch", "expected_exact_match", "em_and_derivatives", "
 
 METHODS = ("spline", "gauss-hermite")
 #: Bump when the computation changes (part of numba's cache key).
-_VERSION = 2
+_VERSION = 3
 _TABLE = Path(__file__).with_name("em_spline.npz")
 # grid of the spline: v = mu + log k, and log s
 V0, V1, HV = -30.0, 30.0, 0.2
@@ -150,9 +150,9 @@ def _spline_em(mu, s, k, coef, xp, g_only=False, p_only=False):
     gy = (wx * cdy).sum(-1)
     # beyond the grid: first-order continuation from the edge, with its exact derivatives
     g = g + gx * (x - xc) + gy * (y - yc)
-    if g_only or p_only:
-        if g_only:
-            return g
+    if g_only:
+        return g
+    if p_only:
         return xp.exp(-xp.exp(g))
     gxy = (dx * cdy).sum(-1)
     gx, gy = gx + xp.where(x == xc, gxy * (y - yc), 0.0), gy + xp.where(y == yc, gxy * (x - xc), 0.0)
@@ -300,12 +300,9 @@ def _register_numba() -> None:
                         gxy += dx[a] * c * dy[b]
                 g += gx * (x - xc) + gy * (y - yc)
                 if x == xc:
-                    gx_full = gx + gxy * (y - yc)
-                else:
-                    gx_full = gx
+                    gx += gxy * (y - yc)
                 if y == yc:
                     gy += gxy * (x - xc)
-                gx = gx_full
                 nl_p = np.exp(g)
                 pr = np.exp(-nl_p)
                 p[r] = pr

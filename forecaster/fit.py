@@ -145,15 +145,14 @@ def _drop_stuck(tree: xr.DataTree) -> xr.DataTree:
     name = next((k for k in ("logp", "lp") if k in ss), None)
     if name is None:
         return tree
-    stuck = stuck_chains(ss[name].transpose("chain", "draw").values)
+    logp = ss[name].transpose("chain", "draw").values
+    stuck = stuck_chains(logp)
     if not stuck:
         return tree
-    lp = ss[name].mean("draw").values
-    keep = [c for c in range(ss.sizes["chain"]) if c not in stuck]
-    gap = float(lp.max() - lp[stuck].max())
-    groups = {g: xr.DataTree(tree[g].to_dataset().isel(chain=keep)) for g in tree.children}
-    out = xr.DataTree(children=groups)
-    out["posterior"].attrs.update(tree["posterior"].attrs)
+    mean = logp.mean(axis=1)
+    keep = [c for c in range(len(mean)) if c not in stuck]
+    gap = float(mean.max() - mean[stuck].max())
+    out = xr.DataTree(children={g: xr.DataTree(tree[g].to_dataset().isel(chain=keep)) for g in tree.children})
     out["posterior"].attrs["dropped_chains"] = ", ".join(str(c) for c in stuck)
     out["posterior"].attrs["dropped_gap"] = f"{gap:.0f}"
     return out

@@ -185,6 +185,11 @@ def test_saved_fit_keeps_its_diagnostics(tiny_fit, tmp_path):
     assert _DIAG_ATTR not in res.tree["posterior"].attrs  # the caller's tree is not modified
     back = fc.load_fit(tmp_path / "a.nc")
     assert back.diagnostics == res.diagnostics == diagnose(back.tree)
+    # what loading reports is the stored record, not a recomputation
+    record = json.loads(back.tree["posterior"].attrs[_DIAG_ATTR])
+    back.tree["posterior"].attrs[_DIAG_ATTR] = json.dumps({**record, "divergences": res.diagnostics.divergences + 7})
+    back.tree.to_netcdf(tmp_path / "marked.nc", engine="h5netcdf")
+    assert fc.load_fit(tmp_path / "marked.nc").diagnostics.divergences == res.diagnostics.divergences + 7
     del back.tree["posterior"].attrs[_DIAG_ATTR]
     back.tree.to_netcdf(tmp_path / "old.nc", engine="h5netcdf")
     assert fc.load_fit(tmp_path / "old.nc").diagnostics == res.diagnostics
