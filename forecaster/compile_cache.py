@@ -3,13 +3,15 @@
 ``nutpie.compile_pymc_model`` spends most of its time, in every process, on
 work that does not depend on anything but the model: pytensor's gradient and
 graph rewrites (~5 s on the demo) and numba compiling nutpie's C-callable
-wrappers around the pytensor function (~9 s; nutpie builds them as closures,
-which numba cannot cache). :func:`compile_nutpie` instead writes the wrappers
-as plain functions into a generated module file under the cache directory, so
+wrappers around the pytensor function (nutpie builds them as closures, which
+numba cannot cache). :func:`compile_nutpie` instead writes the wrappers as
+plain functions into a generated module file under the cache directory, so
 numba's own on-disk cache (``cache=True``) keeps the machine code, and stores
 the few facts nutpie needs about the parameter layout next to it. A later
 process with the same model graph (same structure, data and package versions)
-loads both and skips pytensor compilation entirely.
+loads both and skips pytensor compilation entirely. A first compile inlines
+the graph's function into the wrappers (:func:`_inlined`), so numba types and
+emits it once: 32 -> 22 s for a new dataset on the demo.
 
 The cache is keyed on a hash of the model's log-density and trace graphs
 (constants included) or, when the caller passes ``inputs`` (``fit`` does),
@@ -49,7 +51,7 @@ import numpy as np
 __all__ = ["compile_nutpie", "cache_dir", "model_key", "clear_cache", "MAX_ENTRIES", "stats"]
 
 #: Bump when the generated code or the stored metadata change.
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 #: Models kept in the cache (least recently used beyond this are removed).
 MAX_ENTRIES = 32
 
@@ -242,36 +244,37 @@ def _cfuncs(mod: ModuleType) -> tuple[Any, Any]:
     import numba
 
     logp_sig, expand_sig = _c_signatures()
-    with warnings.catch_warnings(), _outer_unoptimized(("logp", "expand")):
+    with warnings.catch_warnings(), _outer_opt_levels({"logp": 1, "expand": 0}):
         warnings.simplefilter("ignore", numba.NumbaWarning)
         return numba.cfunc(logp_sig, cache=True)(mod.logp), numba.cfunc(expand_sig, cache=True)(mod.expand)
 
 
 @contextlib.contextmanager
-def _outer_unoptimized(names: tuple[str, ...]):
-    """LLVM's module optimization off (``-O0``) for the numba libraries named ``names`` finalized in this block.
+def _outer_opt_levels(levels: dict[str, int]):
+    """LLVM's module optimization at ``levels[name]`` for the numba libraries named ``name`` finalized in this block.
 
-    Those are the two C entry points, into whose module LLVM would otherwise inline and re-optimize every
-    kernel of the model graph. The kernels themselves (pytensor's per-op functions, compiled and cached on
-    their own) keep numba's default optimization. Measured on the demo (fresh processes): compiling a new
-    model 15.3 -> 13.3 s, a warm fit 4.6 -> 4.7 s (sampling within the noise), the same draws. ``-O1``
-    saved only 1 s; ``NUMBA_OPT=0`` for everything compiles the kernels unoptimized too: a gradient 14x
-    slower. Without the numba internals this relies on, a no-op.
+    Those are the two C entry points, into which the graph's function is inlined (:func:`_inlined`); the
+    model's kernels (pytensor's per-op functions, compiled and cached on their own) keep numba's default
+    ``-O3``. The log density at ``-O1``: the inlined glue between kernels gets the cheap cleanups (measured
+    on the demo: gradient 25 us as with ``-O3``, 29 us at ``-O0``); the trace function, called once per
+    kept draw, at ``-O0``. ``NUMBA_OPT=0`` for everything compiles the kernels unoptimized too: a gradient
+    14x slower. Without the numba internals this relies on, a no-op.
     """
     try:
         from numba.core import codegen, config
         lib_cls = codegen.CPUCodeLibrary
         orig = lib_cls._optimize_final_module
-        level0 = type(config.OPT)(0)
+        opt = type(config.OPT)
     except Exception:  # noqa: BLE001
         yield
         return
 
     def optimize(self):
-        if self.name.split(".")[-1] not in names:
+        level = levels.get(self.name.split(".")[-1])
+        if level is None:
             return orig(self)
         saved = config.OPT
-        config.OPT = level0
+        config.OPT = opt(level)
         try:
             return orig(self)
         finally:
@@ -282,6 +285,26 @@ def _outer_unoptimized(names: tuple[str, ...]):
         yield
     finally:
         lib_cls._optimize_final_module = orig
+
+
+def _inlined(fn: Any) -> Any:
+    """pytensor's numba function of a compiled graph, as a dispatcher numba inlines into its caller.
+
+    pytensor's ``fn.vm.jit_fn`` wraps the graph's function in a second dispatcher (cached by pytensor
+    under a key that includes every constant, so new data never hits it). Calling it from the C entry point
+    made numba type, optimize at ``-O3`` and emit machine code for the graph's function three times (the
+    function, pytensor's wrapper, the entry point): 22 s of a new dataset's compile on the demo. Inlined at
+    numba's IR level, it is typed and emitted once, inside the entry point (10-13 s). Anything unexpected:
+    pytensor's wrapper, as before.
+    """
+    import numba
+
+    jit = fn.vm.jit_fn
+    inner = getattr(getattr(jit, "py_func", None), "__globals__", {}).get("jitable_func")
+    py_func = getattr(inner, "py_func", None)
+    if py_func is None or not callable(py_func):
+        return jit
+    return numba.njit(py_func, inline="always")
 
 
 def _assemble(pm_model: Any, meta: dict, logp_c: Any, expand_c: Any, initial_point_fn: Any,
@@ -347,8 +370,8 @@ def _compile_and_store(pm_model: Any, entry: Path, key: str, pymc_ip_fn: Any) ->
     name = f"_forecaster_nutpie_{key}"
     _write_new(entry / f"{name}.py", _SOURCE.format(key=key, n_dim=n_dim, n_expanded=n_expanded).encode())
     mod = _load_module(entry, key)
-    mod.LOGP_INNER = logp_pt.vm.jit_fn
-    mod.EXPAND_INNER = expand_pt.vm.jit_fn
+    mod.LOGP_INNER = _inlined(logp_pt)
+    mod.EXPAND_INNER = _inlined(expand_pt)
     logp_c, expand_c = _cfuncs(mod)
     meta = dict(
         versions=_versions(), n_dim=n_dim, n_expanded=n_expanded, shape_info=shape_info,

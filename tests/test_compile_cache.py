@@ -213,3 +213,26 @@ def test_initial_points_stored_per_seed(reference, compiled, cache_root, small_m
     other = cc._StoredInitialPoints(entry, must_not_build, cc._initial_settings(small_model, {"sigma_item": [1.0, 1.0]}, None))
     with pytest.raises(AssertionError, match="built the initial-point function"):
         other(3)
+
+
+def test_graph_function_is_inlined_into_the_entry_points():
+    """pytensor's graph function is handed to the entry points as an inlined dispatcher (typed and emitted
+    once; see ``_inlined``), and anything of another shape falls back to pytensor's own jitted function."""
+    from types import SimpleNamespace
+
+    import numba
+    import pytensor
+    import pytensor.tensor as pt
+
+    x = pt.dvector("x")
+    f = pytensor.function([x], [(x**2).sum(), 2 * x], mode="NUMBA")
+    inner = cc._inlined(f)
+    assert inner is not f.vm.jit_fn
+    assert inner.targetoptions.get("inline") == "always"
+    v = np.arange(3.0)
+    got, want = inner(v), f.vm.jit_fn(v)
+    assert got[0] == want[0] == 5.0
+    np.testing.assert_array_equal(got[1], want[1])
+
+    plain = numba.njit(lambda a: a)
+    assert cc._inlined(SimpleNamespace(vm=SimpleNamespace(jit_fn=plain))) is plain
