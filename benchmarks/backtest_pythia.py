@@ -8,6 +8,8 @@ unpooled model on the same split:
    checkpoints from step 10,000 on (the first thousands of steps are warm-up,
    not a power law). Fit on all checkpoints of 70M and 160M
    (``holdout_largest=6``), forecast every checkpoint of 410M ... 12B.
+   ``lambada-sweep``: the same data, a rolling origin by model size
+   (``holdout_largest=[6, 5, 4, 3]``: fit on the smallest 2, 3, 4, 5 sizes).
 2. **Two-digit addition, 8-shot** (``pythia_arithmetic.csv.gz``,
    ``arith_addition``, ``subtask=ALL``, 5000 items; Pythia v0 deduped, six
    checkpoints each; accuracy only). Fit on 125M ... 1.3B
@@ -70,6 +72,9 @@ CASES = {
     "lambada": dict(table=lambada_table, holdout_largest=6,
                     fit="Pythia 70M, 160M (14 checkpoints each, step >= 13k)",
                     predict="410M, 1B, 1.4B, 2.8B, 6.9B, 12B (14 checkpoints each)"),
+    "lambada-sweep": dict(table=lambada_table, holdout_largest=[6, 5, 4, 3],
+                          fit="the smallest 2, 3, 4, 5 Pythia sizes (one fold each; all checkpoints, step >= 13k)",
+                          predict="the larger sizes of each fold"),
     "addition": dict(table=addition_table, holdout_largest=3,
                      fit="Pythia v0 deduped 125M, 350M, 800M, 1.3B (6 checkpoints each)",
                      predict="2.7B, 6.7B, 13B (6 checkpoints each)"),
@@ -122,6 +127,18 @@ def readme_table(result) -> str:
     return "\n".join(lines)
 
 
+def fold_markdown(result) -> str:
+    """Scores per fold and method, then pooled over folds."""
+    lines = ["| fit on | method | points | cov. 50% | cov. 80% | cov. 90% | CRPS (pp) | median abs. err. (pp) |",
+             "|---|---|---|---|---|---|---|---|"]
+    rows = [(result.splits[int(r["fold"])]["label"], r) for _, r in result.fold_scores.iterrows()]
+    rows += [("all folds pooled", r) for _, r in result.scores.iterrows()]
+    for label, r in rows:
+        lines.append(f"| {label} | {r['method']} | {int(r['n_points'])} | {_fmt(r['coverage50'])} "
+                     f"| {_fmt(r['coverage80'])} | {_fmt(r['coverage90'])} | {_fmt(r['crps'])} | {_fmt(r['mae'])} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=sorted(CASES), action="append")
@@ -146,7 +163,7 @@ def main(argv=None) -> int:
         print(f"({len(table)} rows; draws {args.draws}, tune {args.tune}, chains {args.chains}, seed {args.seed}; "
               f"wall {wall:.0f} s: " + ", ".join(f"{k.split('/')[1]} {v:.0f} s" for k, v in res.timings.items())
               + ")\n")
-        print(readme_table(res))
+        print(fold_markdown(res) if len(res.splits) > 1 else readme_table(res))
         for fold, d in res.diagnostics.items():
             for m, dd in d.items():
                 print(f"\n{m} fit: max R-hat {dd['max_rhat']:.3f}, min ESS bulk {dd['min_ess_bulk']:.0f}, "

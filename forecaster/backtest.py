@@ -5,7 +5,8 @@ trained, how good would its forecasts have been?". It
 
 1. **splits** the validated tidy table by compute (:func:`make_splits`):
 
-   * ``holdout_largest=N``: within each family, hold out the ``N`` largest
+   * ``holdout_largest=N`` (or a list of such ``N``, one fold each: a rolling
+     origin by model size): within each family, hold out the ``N`` largest
      *base* models. A base model is the model name with a trailing
      ``@step<N>`` removed, so all checkpoints of one model go together (the
      long importer names Pythia checkpoints ``pythia-1b@step143000``); base
@@ -217,9 +218,13 @@ def _check_split(split: Split, data: pd.DataFrame) -> None:
                               "a backtest scores accuracy, so the held-out models need n_correct, accuracy or correct")
 
 
-def make_splits(data: pd.DataFrame, *, holdout_above: float | None = None, holdout_largest: int | None = None,
-                folds: int | None = None) -> list[Split]:
-    """The split(s) of a validated table; exactly one of the three options must be given."""
+def make_splits(data: pd.DataFrame, *, holdout_above: float | None = None,
+                holdout_largest: int | Sequence[int] | None = None, folds: int | None = None) -> list[Split]:
+    """The split(s) of a validated table; exactly one of the three options must be given.
+
+    ``holdout_largest`` may be a sequence (e.g. ``[6, 5, 4, 3]``): one fold per value, a rolling origin
+    by model size (fit on the smallest 2, 3, 4... models of each family, forecast the rest).
+    """
     given = [o for o, v in (("--holdout-above", holdout_above), ("--holdout-largest", holdout_largest),
                             ("--folds", folds)) if v is not None]
     if len(given) != 1:
@@ -228,7 +233,12 @@ def make_splits(data: pd.DataFrame, *, holdout_above: float | None = None, holdo
             + (f" (got {', '.join(given)})" if given else "")
         )
     if holdout_largest is not None:
-        splits = [split_holdout_largest(data, holdout_largest)]
+        ns = [holdout_largest] if np.ndim(holdout_largest) == 0 else list(holdout_largest)
+        if not ns:
+            raise ForecasterError("--holdout-largest needs at least one number of models")
+        if len(set(int(n) for n in ns)) != len(ns):
+            raise ForecasterError(f"--holdout-largest lists a number twice: {','.join(str(int(n)) for n in ns)}")
+        splits = [split_holdout_largest(data, n) for n in ns]
     elif holdout_above is not None:
         splits = [split_holdout_above(data, holdout_above)]
     else:
@@ -676,7 +686,7 @@ def backtest(
     data: pd.DataFrame,
     *,
     holdout_above: float | None = None,
-    holdout_largest: int | None = None,
+    holdout_largest: int | Sequence[int] | None = None,
     folds: int | None = None,
     threshold: float = 0.5,
     methods: Sequence[str] = METHODS,
@@ -698,7 +708,8 @@ def backtest(
     data : pandas.DataFrame
         The tidy table (validated here if it is not already).
     holdout_above, holdout_largest, folds
-        The split: exactly one (see :func:`make_splits`).
+        The split: exactly one (see :func:`make_splits`; a sequence of ``holdout_largest`` values is a
+        rolling origin by model size, one fold each, scores pooled over folds and also per fold).
     threshold : float
         Accuracy level whose crossing compute is forecast and checked.
     methods : sequence of {"forecaster", "logistic", "unpooled"}

@@ -410,8 +410,9 @@ def backtest(
     data: Annotated[list[Path], typer.Argument(help="Tidy CSV/Parquet file(s), or result files with --from.")],
     holdout_above: Annotated[Optional[float], typer.Option(
         help="Hold out every model with compute above this (FLOPs), e.g. 1e21.")] = None,
-    holdout_largest: Annotated[Optional[int], typer.Option(
-        help="Hold out each family's N largest models (all their @step checkpoints).")] = None,
+    holdout_largest: Annotated[Optional[str], typer.Option(
+        help="Hold out each family's N largest models (all their @step checkpoints); a list such as 6,5,4,3 "
+             "runs one fold per N (rolling origin by model size).")] = None,
     folds: Annotated[Optional[int], typer.Option(
         help="Rolling origin: K cuts at quantiles of log compute; fit below each, forecast above.")] = None,
     threshold: Annotated[float, typer.Option(help="Accuracy whose crossing compute is forecast.")] = 0.5,
@@ -442,8 +443,16 @@ def backtest(
         if len(given) != 1:
             raise ForecasterError("give exactly one of --holdout-above FLOPS, --holdout-largest N or --folds K"
                                   + (f" (got {', '.join(given)})" if given else ""))
-        if holdout_largest is not None and holdout_largest < 1:
-            raise ForecasterError(f"--holdout-largest must be >= 1 model, got {holdout_largest}")
+        n_largest = None
+        if holdout_largest is not None:
+            try:
+                n_largest = [int(v) for v in holdout_largest.split(",")]
+            except ValueError:
+                raise ForecasterError(f"--holdout-largest takes a number of models or a list such as 6,5,4,3; "
+                                      f"got {holdout_largest!r}") from None
+            if min(n_largest) < 1:
+                raise ForecasterError(f"--holdout-largest must be >= 1 model, got {min(n_largest)}")
+            n_largest = n_largest[0] if len(n_largest) == 1 else n_largest
         if folds is not None and folds < 1:
             raise ForecasterError(f"--folds must be >= 1, got {folds}")
         if holdout_above is not None and not holdout_above > 0:
@@ -461,7 +470,7 @@ def backtest(
         if plot is not None:
             _check_out(plot, PLOT_SUFFIXES)
         table = _load_inputs(data, from_format, compute_table, True, drop_unknown)
-        res = run_backtest(table, holdout_above=holdout_above, holdout_largest=holdout_largest, folds=folds,
+        res = run_backtest(table, holdout_above=holdout_above, holdout_largest=n_largest, folds=folds,
                            threshold=threshold, methods=meths, model=model, seed=seed, draws=draws, tune=tune,
                            chains=chains, sampler=sampler, progressbar=sys.stderr.isatty())
         for s in res.splits:
@@ -494,6 +503,10 @@ def backtest(
             tables = [rich_table(sc, f"held-out accuracy: coverage, CRPS and median abs. error (pp); crossings of "
                                      f"{threshold:g}"),
                       rich_table(cr, f"log10 compute at which accuracy reaches {threshold:g}: observed vs forecast")]
+            if len(res.splits) > 1:
+                fs = res.fold_scores.copy()
+                fs.insert(0, "split", [res.splits[int(i)]["label"] for i in fs.pop("fold")])
+                tables.insert(1, rich_table(fs, "per fold (the scores above pool all folds)"))
             if output is None:
                 con = Console(width=200)
                 for t in tables:

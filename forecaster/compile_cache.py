@@ -294,15 +294,18 @@ def _inlined(fn: Any) -> Any:
     under a key that includes every constant, so new data never hits it). Calling it from the C entry point
     made numba type, optimize at ``-O3`` and emit machine code for the graph's function three times (the
     function, pytensor's wrapper, the entry point): 22 s of a new dataset's compile on the demo. Inlined at
-    numba's IR level, it is typed and emitted once, inside the entry point (10-13 s). Anything unexpected:
-    pytensor's wrapper, as before.
+    numba's IR level, it is typed and emitted once, inside the entry point (10-13 s). Without pytensor's
+    numba cache there is no wrapper and the graph's function itself is inlined; anything without a Python
+    function behind it is returned as it is.
     """
     import numba
 
     jit = fn.vm.jit_fn
-    inner = getattr(getattr(jit, "py_func", None), "__globals__", {}).get("jitable_func")
-    py_func = getattr(inner, "py_func", None)
-    if py_func is None or not callable(py_func):
+    outer = getattr(jit, "py_func", None)
+    # with pytensor's numba cache on, ``outer`` only calls ``jitable_func``; with it off, it is the graph's function
+    inner = getattr(getattr(outer, "__globals__", {}).get("jitable_func"), "py_func", None)
+    py_func = inner if callable(inner) else outer
+    if not callable(py_func):
         return jit
     return numba.njit(py_func, inline="always")
 

@@ -67,7 +67,20 @@ def test_holdout_above_and_folds():
     assert len(splits[0].test) > len(splits[1].test)
 
 
+def test_holdout_largest_list_is_a_rolling_origin_by_size():
+    df = _ckpt_table().copy()
+    extra = [df[df.model.str.startswith(m)].assign(model=lambda d, m=m: d.model.str.replace(m, m + "x"),
+                                                   compute=lambda d: d.compute * 10) for m in ("a-l", "b-m")]
+    df = validate(pd.concat([df, *extra]).drop(columns=["kind", "_line"]), source="ckpt")
+    splits = make_splits(df, holdout_largest=[2, 1])
+    assert [s.label for s in splits] == ["holdout-largest 2", "holdout-largest 1"]
+    assert set(splits[0].test["model"].map(base_model)) == {"a-lx", "a-l", "b-mx", "b-m"}
+    assert set(splits[1].test["model"].map(base_model)) == {"a-lx", "b-mx"}
+
+
 @pytest.mark.parametrize("kwargs, match", [
+    (dict(holdout_largest=[1, 1]), "twice"),
+    (dict(holdout_largest=[]), "at least one"),
     (dict(holdout_largest=1, holdout_above=1e19), "exactly one"),
     (dict(), "exactly one"),
     (dict(holdout_largest=0), ">= 1"),
@@ -173,6 +186,7 @@ def _write_demo(demo_table, tmp_path):
     (["--holdout-largest", "1", "--holdout-above", "1e20"], "exactly one"),
     ([], "exactly one"),
     (["--holdout-largest", "0"], ">= 1"),
+    (["--holdout-largest", "2,x"], "list such as"),
     (["--folds", "0"], ">= 1"),
     (["--holdout-largest", "1", "--methods", "logistic,magic"], "unknown method"),
     (["--holdout-largest", "1", "--format", "xml"], "--format"),
@@ -208,7 +222,12 @@ def test_cli_json_table_csv_and_plot(demo_table, tmp_path):
     assert png.stat().st_size > 1000
     res = runner.invoke(app, ["backtest", str(data), "--folds", "2", "--methods", "logistic"])
     assert res.exit_code == 0, res.output
-    assert "coverage90" in res.output
+    assert "coverage90" in res.output and "per fold" in res.output
+    res = runner.invoke(app, ["backtest", str(data), "--holdout-largest", "2,1", "--methods", "logistic",
+                              "--format", "json", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    j = json.loads(out.read_text())
+    assert [f["split"]["label"] for f in j["folds"]] == ["holdout-largest 2", "holdout-largest 1"]
     csv = tmp_path / "bt.csv"
     res = runner.invoke(app, ["backtest", str(data), "--holdout-above", "1e20", "--methods", "logistic",
                               "--format", "csv", "-o", str(csv)])
