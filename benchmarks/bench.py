@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 CHILD = r"""
 import json, sys, time, warnings
 warnings.simplefilter("ignore")
@@ -86,7 +88,7 @@ def line(label: str, r: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samplers", default="nutpie", help="comma-separated: nutpie,pymc,numpyro")
-    ap.add_argument("--repeat", type=int, default=2, help="warm fits per sampler (the minimum is reported)")
+    ap.add_argument("--repeat", type=int, default=3, help="warm fits per sampler (minimum and median reported)")
     ap.add_argument("--draws", type=int, default=1000)
     ap.add_argument("--tune", type=int, default=1000)
     ap.add_argument("--scaling", action="store_true", help="also time fits as items per cell grow 10x")
@@ -107,6 +109,8 @@ def main() -> None:
             print(line("cold, all caches empty", cold))
             print(line("cold, new data (pytensor's kernels cached)", cold_model))
             print(line(f"warm (min of {len(warm)})", min(warm, key=lambda r: r["fit_s"])))
+            times = sorted(r["fit_s"] for r in warm)
+            print(f"    warm fit times: {', '.join(f'{t:.2f}' for t in times)} s (median {np.median(times):.2f} s)")
 
         import forecaster as fc
 
