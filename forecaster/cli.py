@@ -452,7 +452,6 @@ def backtest(
                                       f"got {holdout_largest!r}") from None
             if min(n_largest) < 1:
                 raise ForecasterError(f"--holdout-largest must be >= 1 model, got {min(n_largest)}")
-            n_largest = n_largest[0] if len(n_largest) == 1 else n_largest
         if folds is not None and folds < 1:
             raise ForecasterError(f"--folds must be >= 1, got {folds}")
         if holdout_above is not None and not holdout_above > 0:

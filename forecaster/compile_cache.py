@@ -361,7 +361,7 @@ def _prune(root: Path, keep: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def _compile_and_store(pm_model: Any, entry: Path, key: str, pymc_ip_fn: Any) -> Any:
+def _compile_and_store(pm_model: Any, entry: Path, key: str, pymc_ip_fn: Any, settings: str) -> Any:
     from nutpie.compile_pymc import _make_functions
 
     n_dim, n_expanded, logp_pt, expand_pt, ip_fn, shape_info, reparam = _make_functions(
@@ -382,7 +382,9 @@ def _compile_and_store(pm_model: Any, entry: Path, key: str, pymc_ip_fn: Any) ->
     )
     _write_new(entry / _META, pickle.dumps(meta, protocol=5))
     stats["misses"] += 1
-    return _assemble(pm_model, meta, logp_c, expand_c, ip_fn, logp_pt, expand_pt)
+    # the start vectors of this process's seeds are stored too, so the next process need not build the function
+    stored_ip = _StoredInitialPoints(entry, lambda: ip_fn, settings)
+    return _assemble(pm_model, meta, logp_c, expand_c, stored_ip, logp_pt, expand_pt)
 
 
 class _Unsupported(Exception):
@@ -533,7 +535,8 @@ def _compile_nutpie(pm_model: Any, initial_points: dict | None, jitter_rvs: set 
             if compiled is None:
                 root.mkdir(parents=True, exist_ok=True)
                 _prune(root, entry)
-                compiled = _compile_and_store(pm_model, entry, key, _initial_point_fn(pm_model, initial_points, jitter_rvs))
+                compiled = _compile_and_store(pm_model, entry, key, _initial_point_fn(pm_model, initial_points, jitter_rvs),
+                                              settings)
             return compiled
         except Exception:  # noqa: BLE001 - any cache problem: compile the ordinary way
             pass

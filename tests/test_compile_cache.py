@@ -197,17 +197,21 @@ def test_model_digest_follows_data_and_spec(demo_table):
 
 
 def test_initial_points_stored_per_seed(reference, compiled, cache_root, small_model):
-    """A cache hit returns PyMC's start vectors, keeps them per seed, and reads them back without PyMC."""
-    _, second, _ = compiled
+    """A cache hit returns PyMC's start vectors, keeps them per seed, and reads them back without PyMC; the
+    compiling process stores the vectors it uses too."""
+    first, second, _ = compiled
+    entry = cache_root / cc.model_key(small_model)
+    np.testing.assert_array_equal(first.initial_point_func(9), reference.initial_point_func(9))
+    settings = cc._initial_settings(small_model, None, None)
+    assert cc._StoredInitialPoints(entry, None, settings).path(9).is_file()
     for seed in (3, 4):
         np.testing.assert_array_equal(second.initial_point_func(seed), reference.initial_point_func(seed))
-    entry = cache_root / cc.model_key(small_model)
     assert len(list(entry.glob("init-*.npy"))) >= 2
 
     def must_not_build():
         raise AssertionError("built the initial-point function although the vector was stored")
 
-    stored = cc._StoredInitialPoints(entry, must_not_build, cc._initial_settings(small_model, None, None))
+    stored = cc._StoredInitialPoints(entry, must_not_build, settings)
     np.testing.assert_array_equal(stored(3), reference.initial_point_func(3))
     # other settings (an override) are another key: not read from these files
     other = cc._StoredInitialPoints(entry, must_not_build, cc._initial_settings(small_model, {"sigma_item": [1.0, 1.0]}, None))
@@ -217,7 +221,8 @@ def test_initial_points_stored_per_seed(reference, compiled, cache_root, small_m
 
 def test_graph_function_is_inlined_into_the_entry_points():
     """pytensor's graph function is handed to the entry points as an inlined dispatcher (typed and emitted
-    once; see ``_inlined``), and anything of another shape falls back to pytensor's own jitted function."""
+    once; see ``_inlined``), with or without pytensor's wrapper; anything without a Python function behind it
+    is returned as it is."""
     from types import SimpleNamespace
 
     import pytensor
