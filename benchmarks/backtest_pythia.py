@@ -20,6 +20,7 @@ Run (from the repository root; several minutes on 2 cores)::
 
     .venv/bin/python benchmarks/backtest_pythia.py                # both, prints markdown tables
     .venv/bin/python benchmarks/backtest_pythia.py --only lambada --draws 300 --out /tmp/bt
+    .venv/bin/python benchmarks/backtest_pythia.py --model additive     # the additive (two power laws) trend
 
 With ``--out DIR`` it also writes ``<name>.json`` (the ``forecaster backtest
 --format json`` object) and ``<name>.png`` (calibration + predictions) there.
@@ -147,6 +148,8 @@ def main(argv=None) -> int:
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--model", default=None, help="spec of the forecaster method: shipped name or path "
+                    "(default: the default spec; e.g. additive)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     if not SHARED.exists():
@@ -157,9 +160,10 @@ def main(argv=None) -> int:
         table = case["table"]()
         t0 = time.perf_counter()
         res = backtest(table, holdout_largest=case["holdout_largest"], threshold=args.threshold, seed=args.seed,
-                       draws=args.draws, tune=args.tune, chains=args.chains)
+                       draws=args.draws, tune=args.tune, chains=args.chains, model=args.model)
         wall = time.perf_counter() - t0
-        print(f"\n## {name}: fit on {case['fit']}; forecast {case['predict']}")
+        print(f"\n## {name}: fit on {case['fit']}; forecast {case['predict']}"
+              + (f" (forecaster: model {args.model})" if args.model else ""))
         print(f"({len(table)} rows; draws {args.draws}, tune {args.tune}, chains {args.chains}, seed {args.seed}; "
               f"wall {wall:.0f} s: " + ", ".join(f"{k.split('/')[1]} {v:.0f} s" for k, v in res.timings.items())
               + ")\n")

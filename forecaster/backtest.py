@@ -93,7 +93,7 @@ from scipy.special import expit
 from .data import summarize, validate
 from .errors import ForecasterError
 from .fit import FitResult, fit
-from .forecast import MAX_LOG10_COMPUTE, forecast, trend
+from .forecast import MAX_LOG10_COMPUTE, forecast, latent, trend
 from .metrics import item_spread, metric_value
 from .spec import ModelSpec, load_spec
 
@@ -384,14 +384,12 @@ def _bayes_predict(fitres: FitResult, test_pts: pd.DataFrame, rng: np.random.Gen
         if miss:
             skipped.setdefault(miss[0], set()).add(getattr(cell, miss[0]))
             continue
-        ic = tr["intercept"].sel(task=cell.task, family=cell.family, setting=cell.setting).values.ravel()
-        sl = tr["slope"].sel(task=cell.task, setting=cell.setting).values.ravel()
-        si = tr["sigma_item"].sel(task=cell.task).values.ravel()
-        eps = rng.standard_normal((replicates, len(ic))) * sc
-        # a held-out model's own params/tokens split, where the model has that effect
-        shift = tr["alloc"].sel(task=cell.task).values.ravel() * (cell.u - tr.attrs["u_path"]) if np.isfinite(
-            cell.u) else 0.0
-        lc = ic + sl * (cell.x - c0) + shift + eps
+        on = tr.sel(task=cell.task, family=cell.family, setting=cell.setting)
+        si = on["sigma_item"].values.ravel()
+        # on the trend at the held-out model's compute and its own params/tokens split (where the model has it)
+        du = cell.u - tr.attrs["u_path"] if np.isfinite(cell.u) else 0.0
+        lc = latent(on, cell.x - c0, du).transpose("chain", "draw").values.ravel()
+        lc = lc + rng.standard_normal((replicates, len(lc))) * sc
         g = tr["guess_rate"].sel(task=cell.task).values.ravel()  # exact-match floor (0 without one)
         p = np.clip(metric_value(lc, _spread(tr, cell.task, lc, si), METRIC, float(cell.k), floor=g), 0.0, 1.0)
         y = rng.binomial(int(cell.n_items), p).ravel() / cell.n_items

@@ -168,6 +168,9 @@ def setting_effects(
         The fit has one setting (or no setting effects), or a reference/setting/task/family/metric it does
         not know, or an invalid ``at``/``k``/``n``.
     """
+    if "b_params" in fit.posterior:
+        raise QueryError('setting effects are measured on the log-linear trend; this fit has trend = "additive" '
+                         '(two power laws): refit with the default model to compare settings')
     known = _fit_settings(fit)
     ref = known[0] if reference is None else reference
     if ref not in known:

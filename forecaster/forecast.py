@@ -12,11 +12,11 @@ import xarray as xr
 from .errors import QueryError
 from .fit import FitResult
 from .metrics import (
-    METRICS, check_threshold, crossing_log10_compute, item_spread, metric_value, threshold_log_ce,
+    METRICS, check_threshold, crossing_log10_compute, crossing_log10_compute_two, item_spread, metric_value, threshold_log_ce,
     threshold_log_ce_varying,
 )
 
-__all__ = ["Forecast", "forecast", "trend", "spread_at", "metric_curve", "quantile_name", "DEFAULT_QUANTILES", "MAX_LOG10_COMPUTE"]
+__all__ = ["Forecast", "forecast", "trend", "latent", "spread_at", "metric_curve", "quantile_name", "DEFAULT_QUANTILES", "MAX_LOG10_COMPUTE"]
 
 DEFAULT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 #: Crossings beyond this (log10 FLOPs) count as never reached.
@@ -103,7 +103,8 @@ def trend(fit: FitResult, tasks=None, families=None, settings=None, tokens_per_p
     families = _select("family", families, cells.families)
     settings = _select("setting", settings, cells.settings)
     a = post["a"].sel(task=tasks)
-    b = post["b"].sel(task=tasks)
+    additive = "b_params" in post  # trend = "additive" (forecaster.model.additive_trend)
+    b = 0.0 if additive else post["b"].sel(task=tasks)
     fam = post["a_family"].sel(family=families) if "a_family" in post else xr.zeros_like(
         xr.DataArray(np.zeros(len(families)), coords={"family": families}, dims="family"))
     if "da" in post:
@@ -115,17 +116,37 @@ def trend(fit: FitResult, tasks=None, families=None, settings=None, tokens_per_p
         da = db = zero
     intercept = a + fam + da
     u0 = float(fit.cells.u0)
-    if "alloc" in post:
+    if tokens_per_param is not None and not tokens_per_param > 0:
+        raise QueryError(f"--tokens-per-param must be > 0, got {tokens_per_param:g}")
+    second = {}
+    if additive:
+        # two lines in x - c0 along the path u = u_path (decades of params and of tokens both move by half a
+        # decade per decade of compute); "alloc": each line's change per unit of u off that path
+        u_path = u0 if tokens_per_param is None else -float(np.log10(tokens_per_param))
+        du = u_path - u0
+        share = post["trend_share"].sel(task=tasks)
+        bp = post["b_params"].sel(task=tasks) + db
+        bt = post["b_tokens"].sel(task=tasks) + db
+        level = intercept
+        intercept = level - np.logaddexp(0.0, -share) + bp * (du / 2.0)
+        slope, alloc = bp / 2.0, bp / 2.0
+        second = {
+            "intercept2": (level - np.logaddexp(0.0, share) - bt * (du / 2.0)).transpose(
+                "chain", "draw", "task", "family", "setting"),
+            "slope2": (bt / 2.0).transpose("chain", "draw", "task", "setting"),
+            "alloc2": (-bt / 2.0).transpose("chain", "draw", "task", "setting"),
+        }
+    elif "alloc" in post:
         alloc = post["alloc"].sel(task=tasks)
-        if tokens_per_param is not None and not tokens_per_param > 0:
-            raise QueryError(f"--tokens-per-param must be > 0, got {tokens_per_param:g}")
         u_path = u0 if tokens_per_param is None else -float(np.log10(tokens_per_param))
         intercept = intercept + alloc * (u_path - u0)
+        slope = b + db
     else:
         alloc = xr.zeros_like(post["a"].sel(task=tasks))
         u_path = u0
+        slope = b + db
     intercept = intercept.transpose("chain", "draw", "task", "family", "setting")
-    slope = (b + db).transpose("chain", "draw", "task", "setting")
+    slope = slope.transpose("chain", "draw", "task", "setting")
     sigma_item = post["sigma_item"].sel(task=tasks)
     sigma_cell = post["sigma_cell"] if "sigma_cell" in post else xr.zeros_like(post["a"].isel(task=0, drop=True))
     if "sigma_model" in post:  # a new model deviates as a whole and in each cell
@@ -136,8 +157,18 @@ def trend(fit: FitResult, tasks=None, families=None, settings=None, tokens_per_p
     guess = post["guess_rate"].sel(task=tasks) if "guess_rate" in post else xr.zeros_like(sigma_item)
     return xr.Dataset({"intercept": intercept, "slope": slope, "sigma_item": sigma_item, "sigma_cell": sigma_cell,
                        "spread_slope": spread_slope, "spread_ref": xr.zeros_like(sigma_item) + ref, "alloc": alloc,
-                       "guess_rate": guess},
+                       "guess_rate": guess, **second},
                       attrs={"c0": cells.c0, "u0": u0, "u_path": u_path})
+
+
+def latent(tr: xr.Dataset, dx, du=0.0) -> xr.DataArray:
+    """Per-draw log CE of the typical item on the trend ``tr`` at ``dx = log10 C - c0`` and ``du = log10(params
+    / tokens) - u_path`` (off the trend's tokens-per-param path): ``intercept + slope * dx + alloc * du``, and
+    with an additive trend the log of the sum of that term and the second (``intercept2``, ...)."""
+    lc = tr["intercept"] + tr["slope"] * dx + tr["alloc"] * du
+    if "slope2" in tr:
+        lc = np.logaddexp(lc, tr["intercept2"] + tr["slope2"] * dx + tr["alloc2"] * du)
+    return lc
 
 
 def spread_at(tr: xr.Dataset, log_ce: xr.DataArray) -> xr.DataArray:
@@ -231,10 +262,17 @@ def forecast(
         kt = float(kk.sel(task=t))
         check_threshold(metric, threshold, kt)
         mu_star = _threshold(tr, t, metric, threshold, kt, int(n))  # (chain, draw)
-        x = crossing_log10_compute(
-            tr["intercept"].sel(task=t).values, tr["slope"].sel(task=t).values[..., None, :],
-            mu_star[..., None, None], c0,
-        )
+        if "slope2" in tr:
+            x = crossing_log10_compute_two(
+                tr["intercept"].sel(task=t).values, tr["slope"].sel(task=t).values[..., None, :],
+                tr["intercept2"].sel(task=t).values, tr["slope2"].sel(task=t).values[..., None, :],
+                mu_star[..., None, None], c0, MAX_LOG10_COMPUTE,
+            )
+        else:
+            x = crossing_log10_compute(
+                tr["intercept"].sel(task=t).values, tr["slope"].sel(task=t).values[..., None, :],
+                mu_star[..., None, None], c0,
+            )
         cross.append(x)
     log10_c = xr.DataArray(
         np.stack(cross, axis=2), dims=("chain", "draw", "task", "family", "setting"),
@@ -276,7 +314,7 @@ def forecast(
         rng = np.random.default_rng(seed)
         xs = xr.DataArray(np.log10(at_vals) - c0, coords={"compute": at_vals}, dims="compute")
         dev = xr.DataArray(rng.standard_normal(tr["sigma_cell"].shape), dims=tr["sigma_cell"].dims) * tr["sigma_cell"]
-        lc = tr["intercept"] + tr["slope"] * xs + dev
+        lc = latent(tr, xs) + dev
         sg = spread_at(tr, lc)
         vals = []
         order = ("chain", "draw", "family", "setting", "compute")
@@ -307,8 +345,8 @@ def metric_curve(fit: FitResult, task: str, family: str, setting: str, metric: s
     """Per-draw expected metric on the trend (no new-model deviation) over a grid of log10 compute."""
     tr = trend(fit, [task], [family], [setting], tokens_per_param)
     kt = float(_task_k(fit, [task], k).values[0])
-    lc = (tr["intercept"].isel(task=0, family=0, setting=0).values[..., None]
-          + tr["slope"].isel(task=0, setting=0).values[..., None] * (np.asarray(log10_grid) - fit.cells.c0))
+    grid = xr.DataArray(np.asarray(log10_grid, float) - fit.cells.c0, dims="log10_compute")
+    lc = latent(tr.isel(task=0, family=0, setting=0), grid).transpose("chain", "draw", "log10_compute").values
     t0 = tr.isel(task=0)
     sg = item_spread(lc, t0["sigma_item"].values[..., None], t0["spread_slope"].values[..., None],
                      t0["spread_ref"].values[..., None])

@@ -38,6 +38,7 @@ from .quadrature import item_spread, normal_nodes
 
 __all__ = [
     "METRICS", "item_spread", "metric_value", "threshold_log_ce", "threshold_log_ce_varying", "crossing_log10_compute",
+    "crossing_log10_compute_two",
     "metric_da", "check_threshold", "observed_floor",
 ]
 
@@ -162,6 +163,43 @@ def crossing_log10_compute(intercept, slope, mu_star, c0: float) -> np.ndarray:
     out[falling] = c0 + (mu_star[falling] - intercept[falling]) / slope[falling]
     # already past the threshold with a non-falling trend: reached at any compute
     out[~falling & (intercept <= mu_star)] = -np.inf
+    return out
+
+
+def crossing_log10_compute_two(i1, s1, i2, s2, mu_star, c0: float, x_max: float, lo: float = -60.0,
+                               iters: int = 60) -> np.ndarray:
+    """``log10 C*`` where ``logaddexp(i1 + s1 * dx, i2 + s2 * dx)`` (``dx = x - c0``; an additive trend) first
+    falls to ``mu_star``; ``+inf`` when it does not below ``x_max``, ``-inf`` when it is there already at
+    ``dx = lo``.
+
+    The curve is convex in ``dx``: it falls until its minimum (``+inf`` when both slopes are negative; where
+    ``s1 * exp(i1 + s1 dx) + s2 * exp(i2 + s2 dx) = 0`` when they differ in sign), so the first crossing is the
+    one root on the falling side, found by bisection (``iters`` halvings of ``[lo, min(argmin, x_max - c0)]``;
+    60 give ~1e-16 decades).
+    """
+    i1, s1, i2, s2, m = np.broadcast_arrays(*(np.asarray(v, float) for v in (i1, s1, i2, s2, mu_star)))
+
+    def f(dx):
+        return np.logaddexp(i1 + s1 * dx, i2 + s2 * dx) - m
+
+    hi_max = x_max - c0 + 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        opposite = (s1 * s2 < 0)
+        num = np.log(np.abs(np.where(opposite, s1, 1.0))) - np.log(np.abs(np.where(opposite, s2, 1.0))) + i1 - i2
+        argmin = np.where(opposite, num / np.where(opposite, s2 - s1, 1.0), np.inf)
+    argmin = np.where((s1 >= 0) & (s2 >= 0), lo, argmin)  # nowhere falling: the lowest point is at lo
+    hi = np.minimum(argmin, hi_max)
+    lo_a = np.full(m.shape, float(lo))
+    f_lo, f_hi = f(lo_a), f(hi)
+    a, b = lo_a.copy(), hi.copy()
+    for _ in range(iters):
+        mid = 0.5 * (a + b)
+        below = f(mid) <= 0
+        b = np.where(below, mid, b)
+        a = np.where(below, a, mid)
+    out = c0 + b
+    out = np.where(f_hi > 0, np.inf, out)
+    out = np.where(f_lo <= 0, -np.inf, out)
     return out
 
 

@@ -3,7 +3,10 @@
 See ``models/default.toml`` for the model in words. Variables kept for the
 forecast stage (per draw):
 
-* ``a`` (task), ``b`` (task): task intercept and slope of log CE vs ``x - c0``;
+* ``a`` (task), ``b`` (task): task intercept and slope of log CE vs ``x - c0``; with ``trend = "additive"``
+  ``a`` is the level at the reference, and ``b`` is replaced by ``b_params``, ``b_tokens`` (task: slopes of the
+  params and tokens terms per decade of each) and ``trend_share`` (task: log-odds of the params term at the
+  reference), see :func:`additive_trend`;
 * ``a_family`` (family): family offsets (absent with one family);
 * ``da``, ``db`` (task, setting): setting effects (reference setting = 0; absent with one setting);
 * ``sigma_item`` (task): spread of log CE across items at one model (where the task's typical item is at its
@@ -31,7 +34,7 @@ from .quadrature import item_spread
 from .errors import SpecError
 from .spec import ModelSpec
 
-__all__ = ["build_model", "choose_parametrization", "floor_tasks", "model_coords", "model_deviation_index",
+__all__ = ["additive_trend", "build_model", "choose_parametrization", "params_tokens_offsets", "floor_tasks", "model_coords", "model_deviation_index",
            "model_digest", "setting_population_draws", "use_allocation"]
 
 _SS_EPS = 1e-9
@@ -194,6 +197,28 @@ def _free_where(spec: ModelSpec, name: str, free: np.ndarray, fixed: float):
         sampled = spec.prior(name, shape=int(free.sum()), rv_name=f"{name}_free")
         full = pt.set_subtensor(full[np.flatnonzero(free)], sampled)
     return pm.Deterministic(name, full, dims="task")
+
+
+def params_tokens_offsets(x, u, c0: float, u0: float):
+    """Decades of parameters and of training tokens from the reference point (compute ``10**c0`` at
+    ``log10(params / tokens) = u0``), from ``x = log10 compute`` and ``u = log10(params / tokens)``
+    (``compute = 6 * params * tokens``)."""
+    return (x - c0) / 2.0 + (u - u0) / 2.0, (x - c0) / 2.0 - (u - u0) / 2.0
+
+
+def additive_trend(level, share, b_params, b_tokens, dn, dd, xp=np):
+    """Log CE of the typical item as the sum of a params term and a tokens term (``trend = "additive"``).
+
+    ``CE = CE_params + CE_tokens`` with ``log CE_params = level + log(sigmoid(share)) + b_params * dn`` and
+    ``log CE_tokens = level + log(1 - sigmoid(share)) + b_tokens * dd`` (``dn``, ``dd``: decades of params and
+    tokens from the reference, :func:`params_tokens_offsets`), so that ``level`` is the log CE at the
+    reference and ``share`` the log-odds of the params term there. It is Hoffmann et al.'s (2022) loss
+    ``A / N**alpha + B / D**beta`` for one item: a model with few parameters gains little from more tokens,
+    and the gain from parameters flattens once the tokens term dominates (Pythia LAMBADA: the typical item's
+    log CE falls ~1.6 per decade of params up to 410M and ~0.7 beyond). ``xp``: numpy or pytensor.tensor.
+    """
+    sp = (lambda v: np.logaddexp(0.0, v)) if xp is np else xp.softplus
+    return xp.logaddexp(level - sp(-share) + b_params * dn, level - sp(share) + b_tokens * dd)
 
 
 def floor_tasks(cells: CellData, spec: ModelSpec) -> np.ndarray:
@@ -366,10 +391,20 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
 
     with pm.Model(coords=model_coords(cells)) as model:
         a = _task_level(spec, "a", "mu_a", "sigma_a", centered_task)
-        b = _task_level(spec, "b", "mu_b", "sigma_b", centered_task)
+        additive = st.get("trend") == "additive"
+        if additive:
+            if len(cells.cell_u) != cells.n_cells or not np.isfinite(cells.cell_u).all():
+                raise SpecError('trend = "additive" needs columns params and tokens for every row (a params term '
+                                'and a tokens term); add them, or use trend = "loglinear"')
+            b_params = _task_level(spec, "b_params", "mu_b_params", "sigma_b_params", centered_task)
+            b_tokens = _task_level(spec, "b_tokens", "mu_b_tokens", "sigma_b_tokens", centered_task)
+            share = spec.prior("trend_share", dims="task")
+            slope = 0.0  # setting shifts of both terms' slopes, added below
+        else:
+            b = _task_level(spec, "b", "mu_b", "sigma_b", centered_task)
+            slope = b[t]
 
         intercept = a[t]
-        slope = b[t]
         if st["family_effects"] and n_fam >= 2:
             sigma_family = spec.prior("sigma_family")
             a_family = pm.ZeroSumNormal("a_family", sigma=sigma_family, dims="family")
@@ -387,8 +422,13 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
             idx, on = _setting_index(t, s, n_set)
             intercept = intercept + ea.reshape((-1,))[idx] * on
             slope = slope + eb.reshape((-1,))[idx] * on
-        mu = intercept + slope * xc
-        if use_allocation(cells, spec):
+        if additive:
+            # CE = params term + tokens term, each a power law (see additive_trend); level a at the reference
+            dn, dd = params_tokens_offsets(cells.cell_x, cells.cell_u, cells.c0, cells.u0)
+            mu = additive_trend(intercept, share[t], b_params[t] + slope, b_tokens[t] + slope, dn, dd, xp=pt)
+        else:
+            mu = intercept + slope * xc
+        if not additive and use_allocation(cells, spec):
             # at fixed compute, the split between parameters and tokens moves log CE too (see use_allocation)
             alloc = _task_level(spec, "alloc", "mu_alloc", "sigma_alloc", centered_task)
             mu = mu + alloc[t] * (cells.cell_u - cells.u0)

@@ -19,7 +19,7 @@ from scipy.stats import beta as beta_dist
 
 from .errors import QueryError
 from .fit import FitResult
-from .forecast import MAX_LOG10_COMPUTE, Forecast, forecast, metric_curve, trend
+from .forecast import MAX_LOG10_COMPUTE, Forecast, forecast, latent, metric_curve, trend
 from .metrics import METRICS, item_spread
 
 __all__ = ["plot_forecast", "plot_crossing", "plot_setting_effects", "MAX_PLOT_DRAWS"]
@@ -214,10 +214,9 @@ def _crossing_text(row, draws: np.ndarray) -> str:
 def _logce_panel(ax, fit, thin, task, family, setting, grid, mask):
     c = fit.cells
     compute = 10.0**grid
-    tr = trend(thin, [task], [family], [setting])
-    a = tr["intercept"].isel(task=0, family=0, setting=0).values[..., None]
-    b = tr["slope"].isel(task=0, setting=0).values[..., None]
-    _draw_bands(ax, compute, _bands(a + b * (grid - c.c0)), _C_FIT, "trend median\n(typical item)")
+    tr = trend(thin, [task], [family], [setting]).isel(task=0, family=0, setting=0)
+    lc = latent(tr, xr.DataArray(grid - c.c0, dims="x")).transpose("chain", "draw", "x").values
+    _draw_bands(ax, compute, _bands(lc), _C_FIT, "trend median\n(typical item)")
 
     item = mask & (c.item_n > 0) & np.isfinite(c.item_mean)
     if item.any():

@@ -27,8 +27,10 @@ REQUIRED_PRIORS = (
 #: Priors needed only when a structure switch asks for them (switch -> prior).
 OPTIONAL_PRIORS = {"spread_varies": ("spread_slope",), "allocation_effect": ("mu_alloc", "sigma_alloc"),
                    "model_deviation": ("sigma_model",), "em_floor": ("guess_rate",)}
+#: Priors of the additive trend (``trend = "additive"``).
+ADDITIVE_PRIORS = ("trend_share", "mu_b_params", "sigma_b_params", "mu_b_tokens", "sigma_b_tokens")
 # Priors that are spreads or rates: a fixed value must be positive.
-_POSITIVE = {n for n in REQUIRED_PRIORS if n.startswith("sigma")} | {"em_concentration"}
+_POSITIVE = {n for n in (*REQUIRED_PRIORS, *ADDITIVE_PRIORS) if n.startswith("sigma")} | {"em_concentration"}
 STRUCTURE_DEFAULTS: dict[str, Any] = {
     "parametrization": "auto",
     "auto_centered_min_levels": 4,
@@ -48,6 +50,9 @@ STRUCTURE_DEFAULTS: dict[str, Any] = {
     "model_deviation": False,
     # Exact-match floor (guess rate) per task ("auto": accuracy-only tasks); off for older specs.
     "em_floor": False,
+    # Shape of the trend: "loglinear" (log CE linear in log compute and log params/tokens) or "additive" (CE the
+    # sum of a params term and a tokens term, each a power law; forecaster.model.additive_trend).
+    "trend": "loglinear",
 }
 _CHOICES = {
     "parametrization": {"auto", "centered", "noncentered"},
@@ -56,6 +61,7 @@ _CHOICES = {
     "allocation_effect": {True, False, "auto"},
     "model_deviation": {True, False, "auto"},
     "em_floor": {True, False, "auto"},
+    "trend": {"loglinear", "additive"},
 }
 # Priors that are probabilities: a fixed value must lie in [0, 1).
 _PROBABILITY = {"guess_rate"}
@@ -128,7 +134,12 @@ def _parse(text: str, where: str) -> ModelSpec:
             if structure[switch] and name not in priors:
                 raise SpecError(f"{where}: [structure] {switch} = {structure[switch]!r} needs a prior '{name}'; "
                                 "copy it from the default spec")
-    known = REQUIRED_PRIORS + tuple(n for names in OPTIONAL_PRIORS.values() for n in names)
+    if structure["trend"] == "additive":
+        for name in ADDITIVE_PRIORS:
+            if name not in priors:
+                raise SpecError(f"{where}: [structure] trend = \"additive\" needs a prior '{name}'; "
+                                "copy it from the default spec")
+    known = REQUIRED_PRIORS + tuple(n for names in OPTIONAL_PRIORS.values() for n in names) + ADDITIVE_PRIORS
     for name, p in priors.items():
         if name not in known:
             raise SpecError(f"{where}: unknown prior '{name}'; known: {', '.join(known)}")
