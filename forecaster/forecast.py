@@ -12,11 +12,12 @@ import xarray as xr
 from .errors import QueryError
 from .fit import FitResult
 from .metrics import (
-    METRICS, check_threshold, crossing_log10_compute, crossing_log10_compute_two, item_spread, metric_value, threshold_log_ce,
-    threshold_log_ce_varying,
+    METRICS, check_threshold, crossing_log10_compute, crossing_log10_compute_two, item_spread, metric_value,
+    threshold_log_ce, threshold_log_ce_varying,
 )
 
-__all__ = ["Forecast", "forecast", "trend", "latent", "spread_at", "metric_curve", "quantile_name", "DEFAULT_QUANTILES", "MAX_LOG10_COMPUTE"]
+__all__ = ["Forecast", "forecast", "trend", "latent", "spread_at", "metric_curve", "quantile_name", "DEFAULT_QUANTILES",
+           "MAX_LOG10_COMPUTE"]
 
 DEFAULT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 #: Crossings beyond this (log10 FLOPs) count as never reached.

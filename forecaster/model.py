@@ -34,8 +34,9 @@ from .quadrature import item_spread
 from .errors import SpecError
 from .spec import ModelSpec
 
-__all__ = ["additive_trend", "build_model", "choose_parametrization", "params_tokens_offsets", "floor_tasks", "model_coords", "model_deviation_index",
-           "model_digest", "setting_population_draws", "use_allocation"]
+__all__ = ["additive_trend", "build_model", "choose_parametrization", "floor_tasks", "model_coords",
+           "model_deviation_index", "model_digest", "params_tokens_offsets", "setting_population_draws",
+           "use_allocation"]
 
 _SS_EPS = 1e-9
 
