@@ -148,3 +148,36 @@ def test_additive_pipeline_forecast_plot_and_backtest():
                      chains=2)
     pts = bt.points[bt.points.method == "forecaster"]
     assert len(pts) == 4 and np.all(pts.pred_q05 <= pts.pred_q95)  # the largest size's four checkpoints
+
+
+def additive_scenario(seed: int) -> pd.DataFrame:
+    """Two tasks, six sizes (70M-6.9B) x four checkpoints, from a known additive truth with model-level (sd 0.1)
+    and cell-level (sd 0.05) deviations, item spread 1.2, aggregate CE and counts over 1000 items."""
+    rng = np.random.default_rng(seed)
+    truth = [("t1", 0.9, 1.0, -1.3, -0.5, 2), ("t2", 0.4, -0.5, -0.9, -0.7, 3)]  # level, share, b_params, b_tokens, k
+    rows = []
+    for name, level, share, bn, bd, k in truth:
+        for i, n in enumerate([7e7, 1.6e8, 4e8, 1e9, 2.8e9, 6.9e9]):
+            dev = rng.normal(0, 0.1)
+            for d in [2e10, 5e10, 1.2e11, 3e11]:
+                mu = np.logaddexp(level - np.logaddexp(0, -share) + bn * np.log10(n / 1e8),
+                                  level - np.logaddexp(0, share) + bd * np.log10(d / 3e9)) + dev + rng.normal(0, 0.05)
+                p = float(metric_value(mu, 1.2, "exact_match", k))
+                rows.append({"family": "f", "model": f"m{i}@step{int(d / 1e9)}", "task": name, "params": n,
+                             "tokens": d, "n_items": 1000, "n_tokens": k, "ce": float(np.exp(mu + 0.72)),
+                             "n_correct": int(rng.binomial(1000, p))})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.slow
+def test_additive_forecasts_of_larger_models_are_calibrated_on_its_own_truth():
+    """Fit the four smaller sizes, forecast the two larger (16 held-out cells): measured 0.50 / 0.88 / 0.88
+    coverage, median error 3.6 pp (seed 0 data). A sign slip in the params/tokens split or the path algebra
+    puts the forecasts tens of points off."""
+    import forecaster as fc
+
+    r = fc.backtest(additive_scenario(0), holdout_largest=2, methods=("forecaster",), model="additive", seed=1)
+    s = r.scores.iloc[0]
+    assert s.n_points == 16
+    assert s.coverage90 >= 0.75 and s.coverage50 >= 0.25
+    assert s.mae < 6.0
