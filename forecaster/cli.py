@@ -172,9 +172,12 @@ def _write_table(df, fmt: str, output: Optional[Path], title: str, records=None)
             t.add_column(str(col).replace("log10_compute_", "log10 C ").replace("prob_", "P "), justify="right")
         for _, row in df.iterrows():
             cells = []
-            for v in row:
+            for col, v in row.items():
                 if isinstance(v, float):
-                    cells.append("not reached" if math.isnan(v) else f"{v:.3g}" if abs(v) < 1e-2 or abs(v) >= 1e4 else f"{v:.2f}")
+                    if math.isnan(v):  # a crossing beyond range; elsewhere (no --budget given) nothing to show
+                        cells.append("not reached" if str(col).startswith("log10_compute_") else "–")
+                    else:
+                        cells.append(f"{v:.3g}" if abs(v) < 1e-2 or abs(v) >= 1e4 else f"{v:.2f}")
                 else:
                     cells.append(str(v))
             t.add_row(*cells)

@@ -193,3 +193,14 @@ def test_saved_fit_keeps_its_diagnostics(tiny_fit, tmp_path):
     del back.tree["posterior"].attrs[_DIAG_ATTR]
     back.tree.to_netcdf(tmp_path / "old.nc", engine="h5netcdf")
     assert fc.load_fit(tmp_path / "old.nc").diagnostics == res.diagnostics
+
+
+def test_table_marks_unreached_crossings_but_not_a_missing_budget(capsys):
+    """NaN is "not reached" in a crossing quantile, but only "–" where no --budget was given."""
+    from forecaster.cli import _write_table
+
+    df = pd.DataFrame([{"task": "t", "log10_compute_q95": float("nan"), "prob_reached_by_budget": float("nan"),
+                        "prob_unreached": 0.25}])
+    _write_table(df, "table", None, "title")
+    out = capsys.readouterr().out
+    assert out.count("not reached") == 1 and "–" in out and "0.25" in out
