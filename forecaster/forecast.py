@@ -96,7 +96,11 @@ def trend(fit: FitResult, tasks=None, families=None, settings=None, tokens_per_p
 
     With a params/tokens effect (``alloc``) the trend is that of models trained
     with ``tokens_per_param`` tokens per parameter (default: the fitted data's
-    median ratio, attribute ``u_path = log10(params / tokens)``).
+    median ratio, attribute ``u_path = log10(params / tokens)``); ``alloc`` is the
+    change per unit of ``log10(params / tokens)`` off that path. A fit with
+    ``trend = "additive"`` has a second line (``intercept2``, ``slope2``, ``alloc2``:
+    the tokens term; the first line is the params term) and the trend is the
+    ``logaddexp`` of the two: evaluate it with :func:`latent`.
     """
     post = fit.posterior
     cells = fit.cells
