@@ -108,8 +108,6 @@ def trend(fit: FitResult, tasks=None, families=None, settings=None, tokens_per_p
     families = _select("family", families, cells.families)
     settings = _select("setting", settings, cells.settings)
     a = post["a"].sel(task=tasks)
-    additive = "b_params" in post  # trend = "additive" (forecaster.model.additive_trend)
-    b = 0.0 if additive else post["b"].sel(task=tasks)
     fam = post["a_family"].sel(family=families) if "a_family" in post else xr.zeros_like(
         xr.DataArray(np.zeros(len(families)), coords={"family": families}, dims="family"))
     if "da" in post:
@@ -123,11 +121,12 @@ def trend(fit: FitResult, tasks=None, families=None, settings=None, tokens_per_p
     u0 = float(fit.cells.u0)
     if tokens_per_param is not None and not tokens_per_param > 0:
         raise QueryError(f"--tokens-per-param must be > 0, got {tokens_per_param:g}")
+    u_asked = u0 if tokens_per_param is None else -float(np.log10(tokens_per_param))
     second = {}
-    if additive:
+    if "b_params" in post:  # trend = "additive" (forecaster.model.additive_trend)
         # two lines in x - c0 along the path u = u_path (decades of params and of tokens both move by half a
         # decade per decade of compute); "alloc": each line's change per unit of u off that path
-        u_path = u0 if tokens_per_param is None else -float(np.log10(tokens_per_param))
+        u_path = u_asked
         du = u_path - u0
         share = post["trend_share"].sel(task=tasks)
         bp = post["b_params"].sel(task=tasks) + db
@@ -143,13 +142,13 @@ def trend(fit: FitResult, tasks=None, families=None, settings=None, tokens_per_p
         }
     elif "alloc" in post:
         alloc = post["alloc"].sel(task=tasks)
-        u_path = u0 if tokens_per_param is None else -float(np.log10(tokens_per_param))
+        u_path = u_asked
         intercept = intercept + alloc * (u_path - u0)
-        slope = b + db
+        slope = post["b"].sel(task=tasks) + db
     else:
-        alloc = xr.zeros_like(post["a"].sel(task=tasks))
+        alloc = xr.zeros_like(a)
         u_path = u0
-        slope = b + db
+        slope = post["b"].sel(task=tasks) + db
     intercept = intercept.transpose("chain", "draw", "task", "family", "setting")
     slope = slope.transpose("chain", "draw", "task", "setting")
     sigma_item = post["sigma_item"].sel(task=tasks)

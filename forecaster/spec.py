@@ -8,6 +8,7 @@ edited copy.
 from __future__ import annotations
 
 import inspect
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,18 +177,87 @@ def _parse(text: str, where: str) -> ModelSpec:
 
 
 def load_spec(model: str | Path | None = None) -> ModelSpec:
-    """Load a spec by shipped name (``"default"``) or by path to a TOML file."""
+    """Load a spec by shipped name (``"default"``) or by path to a TOML file.
+
+    A spec whose ``[meta]`` says ``extends = "<shipped name>"`` lists only what differs from that spec
+    (one line per key, e.g. ``trend = "additive"`` under ``[structure]``); it is read as the shipped spec's
+    text with those lines put in place (:func:`_extend`), so the spec a fit stores is complete.
+    """
     if model is None:
         model = "default"
     p = Path(model)
     if p.suffix == ".toml" or p.exists():
         if not p.is_file():
             raise SpecError(f"{p}: model spec file not found; pass a shipped name ({_names()}) or a path to a .toml file")
-        return _parse(p.read_text(), str(p))
+        return _parse(_extend(p.read_text(), str(p)), str(p))
     cand = spec_dir() / f"{model}.toml"
     if not cand.is_file():
         raise SpecError(f"unknown model '{model}'; shipped models: {_names()}, or pass a path to a .toml file")
-    return _parse(cand.read_text(), str(cand))
+    return _parse(_extend(cand.read_text(), str(cand)), str(cand))
+
+
+_SECTION = re.compile(r"^\[(\w+)\]\s*$")
+_KEY = re.compile(r"^([A-Za-z_]\w*)\s*=")
+
+
+def _key_lines(lines: list[str]) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+    """Where each ``key = ...`` line of each section is, and the line after each section's last key line."""
+    keys, ends, section = {}, {}, ""
+    for i, line in enumerate(lines):
+        if m := _SECTION.match(line):
+            section = m.group(1)
+        elif (m := _KEY.match(line)) and section:
+            keys[(section, m.group(1))] = i
+            ends[section] = i + 1
+    return keys, ends
+
+
+def _extend(text: str, where: str) -> str:
+    """The complete text of a spec that ``extends`` a shipped one (else ``text`` as it is): the shipped spec's
+    text, each key the overlay sets replaced by (or, if new, added as) the overlay's line, under the overlay's
+    own leading comments."""
+    try:
+        base_name = tomllib.loads(text).get("meta", {}).get("extends")
+    except tomllib.TOMLDecodeError:
+        return text  # _parse names the syntax error
+    if base_name is None:
+        return text
+    base = spec_dir() / f"{base_name}.toml"
+    if not isinstance(base_name, str) or not base.is_file():
+        raise SpecError(f"{where}: extends unknown model {base_name!r}; shipped models: {_names()}")
+    base_text = base.read_text()
+    base_raw = tomllib.loads(base_text)
+    if base_raw.get("meta", {}).get("extends"):
+        raise SpecError(f"{where}: extends {base_name!r}, which extends another spec; extend a complete spec")
+    lines, out = text.splitlines(), base_text.splitlines()
+    keys, _ = _key_lines(lines)
+    head = next((i for i, line in enumerate(lines) if _SECTION.match(line)), len(lines))
+    for (section, key), i in sorted(keys.items(), key=lambda kv: kv[1]):
+        if (section, key) == ("meta", "extends"):
+            continue
+        at, ends = _key_lines(out)
+        if (section, key) in at:
+            out[at[(section, key)]] = lines[i]
+        elif section in ends:
+            out.insert(ends[section], lines[i])
+        else:
+            out += ["", f"[{section}]", lines[i]]
+    merged = "\n".join(lines[:head] + out) + "\n"
+    try:
+        same = tomllib.loads(merged) == _overlaid(base_raw, tomllib.loads(text))
+    except tomllib.TOMLDecodeError:
+        same = False
+    if not same:
+        raise SpecError(f"{where}: write each key that differs from {base_name!r} on one line (key = value)")
+    return merged
+
+
+def _overlaid(base: dict, over: dict) -> dict:
+    """What the extended spec must parse to: ``base`` with ``over``'s keys set, section by section."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for section, vals in over.items():
+        out.setdefault(section, {}).update({k: v for k, v in vals.items() if (section, k) != ("meta", "extends")})
+    return out
 
 
 def spec_from_text(text: str, where: str = "<saved spec>") -> ModelSpec:

@@ -26,6 +26,28 @@ def test_shipped_additive_spec_is_the_default_with_the_additive_trend():
     assert [x.split(" =")[0] for x, _ in differ] == ["name", "description", "trend"]
 
 
+def test_a_spec_extends_a_shipped_one_line_for_line(tmp_path):
+    """``extends``: the shipped spec's text with the overlay's lines put in place, new keys added; what is
+    stored is complete (parses on its own); an unknown base or a value over several lines is refused."""
+    f = tmp_path / "mine.toml"
+    f.write_text('[meta]\nname = "mine"\nextends = "default"\n[structure]\ntrend = "additive"\n'
+                 '[priors]\nsigma_cell = { dist = "HalfNormal", sigma = 0.1 }\n')
+    spec = load_spec(f)
+    default = load_spec()
+    assert spec.name == "mine" and spec.structure["trend"] == "additive"
+    assert spec.priors["sigma_cell"] == {"dist": "HalfNormal", "sigma": 0.1}
+    assert {k: v for k, v in spec.priors.items() if k != "sigma_cell"} == {
+        k: v for k, v in default.priors.items() if k != "sigma_cell"}
+    assert spec_from_text(spec.text) == spec  # a saved fit's spec needs no base
+    f.write_text('[meta]\nname = "mine"\nextends = "nope"\n')
+    with pytest.raises(SpecError, match="extends unknown model 'nope'"):
+        load_spec(f)
+    f.write_text('[meta]\nname = "mine"\nextends = "default"\n[priors]\nsigma_cell = { dist = "HalfNormal",\n'
+                 '  sigma = 0.1 }\n')
+    with pytest.raises(SpecError):
+        load_spec(f)
+
+
 def additive_table(seed: int = 0) -> pd.DataFrame:
     """One task, four model sizes x four checkpoints, aggregate CE and exact-match counts from a known
     additive truth: CE = exp(0.8 - 1.2 log10(N / 1e8)) + exp(-0.2 - 0.6 log10(D / 3e9)), item spread 1."""
