@@ -108,7 +108,8 @@ def diagnose(tree: xr.DataTree) -> Diagnostics:
             f"effective sample size {min(min_b, min_t):.0f} < {ESS_MIN}: quantiles are noisy; increase --draws"
         )
     if div:
-        msgs.append(f"{div} divergent transitions: the posterior may be biased; treat the forecast with caution")
+        msgs.append(f"{div} divergent transitions: the posterior may be biased; treat the forecast with caution, "
+                    "or refit with a smaller step size (--target-accept 0.99)")
     dropped = str(tree["posterior"].attrs.get("dropped_chains", ""))
     notes = (f"chain(s) {dropped} stuck in a local mode, mean log density {tree['posterior'].attrs.get('dropped_gap')} "
              f"below the best chain's: dropped; the posterior is from the other {n_chains} chains",) if dropped else ()
