@@ -49,6 +49,9 @@ STRUCTURE_DEFAULTS: dict[str, Any] = {
     "allocation_effect": False,
     # A deviation per (model, task) shared by the model's checkpoints ("auto": when there are checkpoints).
     "model_deviation": False,
+    # Sample the model deviations' part along the trend's own directions as a move of the trend (the same model;
+    # forecaster.model.model_deviation_split); off for older specs.
+    "model_deviation_split": False,
     # Exact-match floor (guess rate) per task ("auto": accuracy-only tasks); off for older specs.
     "em_floor": False,
     # Shape of the trend: "loglinear" (log CE linear in log compute and log params/tokens) or "additive" (CE the
@@ -61,6 +64,7 @@ _CHOICES = {
     "em_expectation": {"spline", "gauss-hermite"},
     "allocation_effect": {True, False, "auto"},
     "model_deviation": {True, False, "auto"},
+    "model_deviation_split": {True, False},
     "em_floor": {True, False, "auto"},
     "trend": {"loglinear", "additive"},
 }

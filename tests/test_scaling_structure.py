@@ -8,7 +8,7 @@ import pytest
 
 from forecaster.data import summarize, validate
 from forecaster.forecast import forecast, trend
-from forecaster.model import build_model, model_deviation_index, use_allocation
+from forecaster.model import build_model, model_deviation_index, model_deviation_split, use_allocation
 from forecaster.spec import load_spec
 
 
@@ -40,6 +40,72 @@ def test_params_tokens_and_checkpoints_switch_on_by_data():
     plain = summarize(validate(df))
     assert not use_allocation(plain, spec) and model_deviation_index(plain, spec) is None
     assert not {"alloc", "model_dev_z"} & {v.name for v in build_model(plain, spec).free_RVs}
+
+
+def _two_task_checkpoints() -> pd.DataFrame:
+    """Task t: sizes m1-m3; task u: m2, m3 and m4 (1e9 params); four checkpoints each."""
+    a = _checkpoint_table(0)
+    b = _checkpoint_table(1).assign(task="u")
+    b = b[~b["model"].str.startswith("m1")]
+    extra = _checkpoint_table(2).assign(task="u")
+    extra = extra[extra["model"].str.startswith("m3")].assign(model=lambda d: d["model"].str.replace("m3", "m4"),
+                                                               params=1e9)
+    return pd.concat([a, b, extra], ignore_index=True)
+
+
+def test_split_model_deviations_are_the_same_model():
+    """The split sampling (model_deviation_split) is a change of variables with unit Jacobian: at matching
+    points both models have the same log density."""
+    from forecaster.spec import spec_from_text
+
+    trend = "loglinear"
+    text = load_spec().text
+    spec = spec_from_text(text)
+    plain = spec_from_text(text.replace("model_deviation_split = true", "model_deviation_split = false"))
+    cells = summarize(validate(_two_task_checkpoints()))
+    idx = model_deviation_index(cells, spec)
+    additive = spec_from_text(text.replace('trend = "loglinear"', 'trend = "additive"'))
+    assert model_deviation_split(cells, additive, idx, np.ones(2, bool)) is None  # not exact there: off
+    split = model_deviation_split(cells, spec, idx, np.ones(len(cells.tasks), bool))
+    assert split is not None and model_deviation_split(cells, plain, idx, np.ones(2, bool)) is None
+    basis, c0, c1 = split
+    n_dev = int(idx.max()) + 1
+    k = 2 if trend == "loglinear" else 1  # directions per task: a constant (and log10 params)
+    assert basis.shape == (n_dev, n_dev - 2 * k) and c0.shape == c1.shape == (2, 2 * k)
+    assert (c1 != 0).any() == (trend == "loglinear")
+    new, old = build_model(cells, spec), build_model(cells, plain)
+    assert {"a_eff", "model_dev_v"} <= {v.name for v in new.free_RVs}
+    assert "model_dev_z" in {v.name for v in old.free_RVs} and "a_eff" not in {v.name for v in old.free_RVs}
+    rng = np.random.default_rng(3)
+    task = np.zeros(n_dev, int)
+    task[idx] = cells.cell_task
+    cell_l = (cells.cell_x + cells.cell_u - cells.c0 - cells.u0) / 2
+    lvl = np.bincount(idx, cell_l) / np.bincount(idx)
+    logp_new, logp_old = new.compile_logp(), old.compile_logp()
+    for _ in range(5):
+        pt_new = {k_: v + rng.normal(0, 0.5, np.shape(v)) for k_, v in new.initial_point().items()}
+        sigma = np.exp(pt_new["sigma_model_log__"])
+        v = pt_new["model_dev_v"]
+        pt_old = {k_: val for k_, val in pt_new.items() if k_ in old.initial_point()}
+        pt_old["a"] = pt_new["a_eff"] - sigma * c0 @ v
+        if trend == "loglinear":
+            pt_old["b"] = pt_new["b_eff"] - sigma * c1 @ v / 2
+            pt_old["alloc"] = pt_new["alloc_eff"] - sigma * c1 @ v / 2
+        # iid deviations: the rest (basis @ w) plus the part the trend absorbed, c0 + c1 * L per model
+        pt_old["model_dev_z"] = basis @ pt_new["model_dev_w"] + (c0 @ v)[task] + (c1 @ v)[task] * lvl
+        assert set(pt_old) == set(old.initial_point())
+        np.testing.assert_allclose(logp_new(pt_new), logp_old(pt_old), rtol=1e-9)
+
+
+def test_split_needs_params_and_centered_tasks():
+    spec = load_spec()
+    cells = summarize(validate(_two_task_checkpoints()))
+    idx = model_deviation_index(cells, spec)
+    assert model_deviation_split(cells, spec, idx, np.array([True, False])) is None
+    df = _checkpoint_table().drop(columns=["params", "tokens"])
+    df["compute"] = 6e19 * np.arange(1, len(df) + 1)
+    plain = summarize(validate(df))
+    assert model_deviation_split(plain, spec, model_deviation_index(plain, spec), np.ones(1, bool)) is None
 
 
 def test_allocation_forced_without_params_is_an_error():
