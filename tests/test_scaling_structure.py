@@ -32,14 +32,17 @@ def test_params_tokens_and_checkpoints_switch_on_by_data():
     assert use_allocation(cells, spec)
     idx = model_deviation_index(cells, spec)
     assert idx is not None and len(np.unique(idx)) == 3  # one deviation per (model, task)
-    names = {v.name for v in build_model(cells, spec).free_RVs}
-    assert {"alloc", "model_dev_z", "sigma_model"} <= names
+    m = build_model(cells, spec)
+    names = {v.name for v in m.free_RVs}
+    # sampled split (model_deviation_split): the moved slopes and the deviations' two parts
+    assert {"alloc_eff", "b_eff", "a_eff", "model_dev_v", "model_dev_w", "sigma_model"} <= names
+    assert {"alloc", "b", "a"} <= set(m.named_vars) - names
     # compute only, one cell per model: neither
     df = _checkpoint_table().drop(columns=["params", "tokens"]).assign(compute=lambda d: d.index * 1e19 + 1e20)
     df["model"] = df["model"].str.replace("@", "-")
     plain = summarize(validate(df))
     assert not use_allocation(plain, spec) and model_deviation_index(plain, spec) is None
-    assert not {"alloc", "model_dev_z"} & {v.name for v in build_model(plain, spec).free_RVs}
+    assert not {"alloc", "alloc_eff", "model_dev_z", "model_dev_v"} & {v.name for v in build_model(plain, spec).free_RVs}
 
 
 def _two_task_checkpoints() -> pd.DataFrame:
