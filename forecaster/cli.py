@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 the posterior cannot be trusted under ``--strict``;
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -23,6 +24,10 @@ app = typer.Typer(
 # options shared by the commands that read evaluation results (fit, backtest, import)
 FromFormat = Annotated[str, typer.Option("--from", help="Input format: tidy | lm-eval | inspect | bigbench | long")]
 ComputeTable = Annotated[Optional[Path], typer.Option(help="CSV: model -> params, tokens or compute.")]
+NItems = Annotated[Optional[int], typer.Option(
+    "--n-items", help="bigbench: examples behind each score, where the file does not record them.")]
+NTokens = Annotated[Optional[str], typer.Option(
+    "--n-tokens", help="bigbench, long: answer length in tokens, K or TASK=K,TASK=K (default 1).")]
 DropUnknown = Annotated[bool, typer.Option(
     help="Drop (with a warning) models whose compute is unknown, instead of stopping.")]
 
@@ -58,15 +63,17 @@ def _run(fn):
         _fail(f"unexpected {type(exc).__name__}: {first} (please report this)", 1)
 
 
-def _floats(text: Optional[str], what: str) -> Optional[list[float]]:
+def _floats(text: Optional[str], what: str, example: str = "1e23,1e24") -> Optional[list[float]]:
     if text is None:
         return None
     try:
         vals = [float(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
-        raise ForecasterError(f"--{what} takes comma-separated numbers, e.g. 1e23,1e24; got {text!r}") from None
+        raise ForecasterError(f"--{what} takes comma-separated numbers, e.g. {example}; got {text!r}") from None
     if not vals:
         raise ForecasterError(f"--{what} is empty; give comma-separated numbers")
+    if not all(math.isfinite(v) for v in vals):
+        raise ForecasterError(f"--{what} takes finite numbers, e.g. {example}; got {text!r}")
     return vals
 
 
@@ -83,6 +90,8 @@ def _check_out(path: Path, suffixes: tuple[str, ...] | None = None) -> None:
         raise ForecasterError(f"{path}: output must end in {', '.join(suffixes)}")
     if not path.parent.exists():
         raise ForecasterError(f"{path}: folder {path.parent} does not exist; create it first")
+    if path.is_dir():
+        raise ForecasterError(f"{path}: is a folder; give a file name for the output")
 
 
 def _print_diagnostics(result) -> None:
@@ -101,14 +110,46 @@ def _print_diagnostics(result) -> None:
         con.print("[green]converged: R-hat <= 1.01, ESS >= 400, no divergences[/]")
 
 
-def _load_inputs(data: list[Path], fmt: str, compute_table: Optional[Path], pool: bool, drop_unknown: bool = False):
+def _reader_options(fmt: str, n_items: Optional[int], n_tokens: Optional[str]) -> dict:
+    """``--n-items`` / ``--n-tokens`` as the importer's options (only the formats that take them)."""
+    opts: dict = {}
+    if n_items is not None:
+        if fmt != "bigbench":
+            raise ForecasterError("--n-items is for --from/FORMAT bigbench (other formats record their item counts)")
+        if n_items < 1:
+            raise ForecasterError(f"--n-items must be >= 1, got {n_items}")
+        opts["n_items"] = int(n_items)
+    if n_tokens is not None:
+        if fmt not in ("bigbench", "long"):
+            raise ForecasterError("--n-tokens is for bigbench and long (other formats record answer lengths)")
+        try:
+            if "=" in n_tokens:
+                pairs = [part.split("=", 1) for part in n_tokens.split(",") if part.strip()]
+                val: object = {t.strip(): float(k) for t, k in pairs}
+                nums = list(val.values())
+            else:
+                val = float(n_tokens)
+                nums = [val]
+        except ValueError:
+            raise ForecasterError(f"--n-tokens takes K or TASK=K,TASK=K (tokens >= 1), got {n_tokens!r}") from None
+        if not nums or not all(math.isfinite(v) and v >= 1 for v in nums):
+            raise ForecasterError(f"--n-tokens takes K or TASK=K,TASK=K (tokens >= 1), got {n_tokens!r}")
+        opts["n_tokens"] = val
+    return opts
+
+
+def _load_inputs(data: list[Path], fmt: str, compute_table: Optional[Path], pool: bool, drop_unknown: bool = False,
+                 options: Optional[dict] = None):
     from .data import load_table, validate
 
     if fmt == "tidy":
+        if options:
+            raise ForecasterError("--n-items / --n-tokens are for imported formats (--from bigbench or long)")
         return load_table(data, allow_single_compute=pool)
     from .importers import import_results
 
-    df = import_results(fmt, [str(p) for p in data], compute_table=compute_table, drop_unknown=drop_unknown)
+    df = import_results(fmt, [str(p) for p in data], compute_table=compute_table, drop_unknown=drop_unknown,
+                        **(options or {}))
     return validate(df, source=", ".join(map(str, data)), allow_single_compute=pool)
 
 
@@ -129,6 +170,8 @@ def fit(
     from_format: FromFormat = "tidy",
     compute_table: ComputeTable = None,
     drop_unknown: DropUnknown = False,
+    n_items: NItems = None,
+    n_tokens: NTokens = None,
 ) -> None:
     """Fit the hierarchical scaling model and save the posterior."""
 
@@ -137,7 +180,8 @@ def fit(
         from .io import save_fit
 
         _check_out(output, (".nc",))
-        table = _load_inputs(data, from_format, compute_table, pool_single_compute, drop_unknown)
+        table = _load_inputs(data, from_format, compute_table, pool_single_compute, drop_unknown,
+                             _reader_options(from_format, n_items, n_tokens))
         result = run_fit(
             table, model=model, seed=seed, draws=draws, tune=tune, chains=chains, sampler=sampler,
             target_accept=target_accept, allow_single_compute=pool_single_compute,
@@ -155,7 +199,6 @@ def fit(
 
 
 def _write_table(df, fmt: str, output: Optional[Path], title: str, records=None) -> None:
-    import math
 
     from .io import atomic_path
 
@@ -220,7 +263,7 @@ def forecast(
         from .io import load_fit
 
         _check_format(fmt, output)
-        qs = _floats(quantiles, "quantiles")
+        qs = _floats(quantiles, "quantiles", "0.05,0.5,0.95")
         at_vals = _floats(at, "at")
         result = load_fit(fit_file)
         fc = run_forecast(result, metric=metric, threshold=threshold, k=k, n=n, tasks=task or None,
@@ -273,7 +316,6 @@ def plot(
 
 
 def _interval(row, q: str, pct: bool = False, signed: bool = False) -> str:
-    import math
 
     def f(v: float) -> str:
         if not math.isfinite(v):
@@ -385,6 +427,8 @@ def demo(
         from .plotting import plot_forecast
         from .simulate import demo_data
 
+        if output.exists() and not output.is_dir():
+            raise ForecasterError(f"{output}: exists and is not a folder; give a folder for the demo's files")
         output.mkdir(parents=True, exist_ok=True)
         data = demo_data()
         with atomic_path(output / "demo-data.csv") as tmp:
@@ -433,6 +477,8 @@ def backtest(
     from_format: FromFormat = "tidy",
     compute_table: ComputeTable = None,
     drop_unknown: DropUnknown = False,
+    n_items: NItems = None,
+    n_tokens: NTokens = None,
 ) -> None:
     """Fit on the smaller models, forecast the held-out larger ones, score against two baselines."""
 
@@ -471,7 +517,8 @@ def backtest(
             _check_out(output)
         if plot is not None:
             _check_out(plot, PLOT_SUFFIXES)
-        table = _load_inputs(data, from_format, compute_table, True, drop_unknown)
+        table = _load_inputs(data, from_format, compute_table, True, drop_unknown,
+                             _reader_options(from_format, n_items, n_tokens))
         res = run_backtest(table, holdout_above=holdout_above, holdout_largest=n_largest, folds=folds,
                            threshold=threshold, methods=meths, model=model, seed=seed, draws=draws, tune=tune,
                            chains=chains, sampler=sampler, progressbar=sys.stderr.isatty())
@@ -537,6 +584,8 @@ def import_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="Tidy CSV to write.")],
     compute_table: ComputeTable = None,
     drop_unknown: DropUnknown = False,
+    n_items: NItems = None,
+    n_tokens: NTokens = None,
 ) -> None:
     """Convert evaluation logs to the tidy input table."""
 
@@ -546,7 +595,8 @@ def import_cmd(
         from .io import atomic_path
 
         _check_out(output, (".csv",))
-        df = import_results(fmt, [str(p) for p in paths], compute_table=compute_table, drop_unknown=drop_unknown)
+        df = import_results(fmt, [str(p) for p in paths], compute_table=compute_table, drop_unknown=drop_unknown,
+                            **_reader_options(fmt, n_items, n_tokens))
         validate(df, source=", ".join(map(str, paths)), allow_single_compute=True)
         with atomic_path(output) as tmp:
             df.to_csv(tmp, index=False)
@@ -556,7 +606,29 @@ def import_cmd(
 
 
 def main() -> None:
-    app()
+    """Entry point: usage errors (a bad option value, a missing argument) as one line and exit code 2."""
+    from typer import Abort
+
+    try:  # typer >= 0.20 vendors click
+        from typer._click.exceptions import UsageError
+    except ImportError:  # pragma: no cover - older typer
+        from click.exceptions import UsageError
+
+    try:
+        rc = app(standalone_mode=False)
+    except UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # no arguments: the help text
+            exc.show()
+            sys.exit(exc.exit_code)
+        path = exc.ctx.command_path.split(" ", 1) if exc.ctx is not None else []
+        hint = f" (see 'forecaster {path[1]} --help')" if len(path) == 2 else " (see 'forecaster --help')"
+        first = (exc.format_message().strip().splitlines() or [type(exc).__name__])[0]
+        typer.echo(f"error: {first}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    except Abort:
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -279,6 +279,8 @@ def fit(
     for name, val, lo in (("draws", draws, 1), ("tune", tune, 0), ("chains", chains, 1)):
         if int(val) < lo:
             raise ForecasterError(f"--{name} must be >= {lo}, got {val}")
+    if not 0 < float(target_accept) < 1:
+        raise ForecasterError(f"--target-accept must lie in (0, 1), e.g. 0.95 or 0.99; got {target_accept:g}")
     if isinstance(data, pd.DataFrame):
         table = data if "kind" in data.columns else validate(data, allow_single_compute=allow_single_compute)
     else:

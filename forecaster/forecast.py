@@ -119,8 +119,10 @@ def trend(fit: FitResult, tasks=None, families=None, settings=None, tokens_per_p
         da = db = zero
     intercept = a + fam + da
     u0 = float(fit.cells.u0)
-    if tokens_per_param is not None and not tokens_per_param > 0:
-        raise QueryError(f"--tokens-per-param must be > 0, got {tokens_per_param:g}")
+    if tokens_per_param is not None and not (tokens_per_param > 0 and np.isfinite(tokens_per_param)):
+        raise QueryError(f"--tokens-per-param must be a finite number > 0, got {tokens_per_param:g}")
+    if tokens_per_param is not None and not np.isfinite(u0):
+        raise QueryError("--tokens-per-param needs a fit on data with params and tokens; this one has compute only")
     u_asked = u0 if tokens_per_param is None else -float(np.log10(tokens_per_param))
     second = {}
     if "b_params" in post:  # trend = "additive" (forecaster.model.additive_trend)
@@ -254,8 +256,8 @@ def forecast(
     for q in quantiles:
         if not 0 < q < 1:
             raise QueryError(f"quantile {q:g} is outside (0, 1); give e.g. 0.05,0.5,0.95")
-    if budget is not None and not budget > 0:
-        raise QueryError(f"--budget must be > 0 FLOPs, got {budget:g}")
+    if budget is not None and not (budget > 0 and np.isfinite(budget)):
+        raise QueryError(f"--budget must be a finite number of FLOPs > 0, got {budget:g}")
     tr = trend(fit, tasks, families, settings, tokens_per_param)
     tasks_l = list(tr["task"].values)
     kk = _task_k(fit, tasks_l, k)
@@ -313,8 +315,8 @@ def forecast(
     at_table = None
     if at:
         at_vals = np.asarray(list(at), float)
-        if not np.all(at_vals > 0):
-            raise QueryError("--at values must be > 0 FLOPs, e.g. --at 1e23,1e24")
+        if not np.all((at_vals > 0) & np.isfinite(at_vals)):
+            raise QueryError("--at values must be finite numbers of FLOPs > 0, e.g. --at 1e23,1e24")
         rng = np.random.default_rng(seed)
         xs = xr.DataArray(np.log10(at_vals) - c0, coords={"compute": at_vals}, dims="compute")
         dev = xr.DataArray(rng.standard_normal(tr["sigma_cell"].shape), dims=tr["sigma_cell"].dims) * tr["sigma_cell"]

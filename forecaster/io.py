@@ -74,9 +74,23 @@ def load_fit(path: str | Path) -> FitResult:
         raise FitFileError(f"{path}: not a forecaster fit file ({type(exc).__name__}); pass a .nc written by 'forecaster fit'") from None
     if "forecaster" not in tree.children or "posterior" not in tree.children:
         raise FitFileError(f"{path}: netCDF file lacks the forecaster groups; pass a .nc written by 'forecaster fit'")
+    incomplete = f"{path}: not a complete forecaster fit"
     meta = tree["forecaster"].to_dataset()
-    table = table_from_dataset(meta)
-    spec = spec_from_text(str(meta.attrs["spec_text"]), f"{path} (saved spec)")
-    cells = summarize(table, c0=float(meta.attrs["c0"]))
+    missing = [k for k in ("spec_text", "c0") if k not in meta.attrs]
+    if missing:
+        raise FitFileError(f"{incomplete} (no {', '.join(missing)} in its 'forecaster' group); refit with 'forecaster fit'")
+    try:
+        table = table_from_dataset(meta)
+        spec = spec_from_text(str(meta.attrs["spec_text"]), f"{path} (saved spec)")
+        cells = summarize(table, c0=float(meta.attrs["c0"]))
+    except ForecasterError as exc:
+        raise FitFileError(f"{incomplete}: its saved data or spec do not read back ({str(exc).splitlines()[0]})") from None
+    except (KeyError, ValueError, TypeError) as exc:
+        raise FitFileError(f"{incomplete}: its saved data lack {exc}; refit with 'forecaster fit'") from None
+    post = tree["posterior"]
+    trend_vars = ("b_params", "b_tokens", "trend_share") if spec.structure.get("trend") == "additive" else ("b",)
+    lost = [v for v in ("a", "sigma_item", *trend_vars) if v not in post]
+    if lost:
+        raise FitFileError(f"{incomplete}: its posterior lacks {', '.join(lost)}; refit with 'forecaster fit'")
     options = {k[len("option_"):]: v for k, v in meta.attrs.items() if k.startswith("option_")}
     return FitResult(tree=tree, data=table, spec=spec, cells=cells, diagnostics=_stored_diagnostics(tree), options=options)

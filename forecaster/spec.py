@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pymc as pm
 
 from .errors import SpecError
@@ -68,8 +69,19 @@ _CHOICES = {
     "em_floor": {True, False, "auto"},
     "trend": {"loglinear", "additive"},
 }
+# Parameters of PyMC distributions that are scales or shapes (must be > 0).
+_SCALE_PARAMS = {"sigma", "tau", "alpha", "beta", "nu", "lam", "b", "kappa", "scale"}
 # Priors that are probabilities: a fixed value must lie in [0, 1).
 _PROBABILITY = {"guess_rate"}
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file; a model spec is a TOML file (see models/default.toml)") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the model spec ({exc.strerror or type(exc).__name__})") from None
 
 
 def spec_dir() -> Path:
@@ -127,8 +139,14 @@ def _parse(text: str, where: str) -> ModelSpec:
     for key, val in raw.get("structure", {}).items():
         if key not in STRUCTURE_DEFAULTS:
             raise SpecError(f"{where}: unknown [structure] key '{key}'; known: {', '.join(STRUCTURE_DEFAULTS)}")
-        if key in _CHOICES and val not in _CHOICES[key]:
-            raise SpecError(f"{where}: [structure] {key} = {val!r}; choose one of {sorted(_CHOICES[key])}")
+        if key in _CHOICES and (val not in _CHOICES[key] or (isinstance(val, int) and not isinstance(val, bool))):
+            raise SpecError(f"{where}: [structure] {key} = {val!r}; choose one of {sorted(_CHOICES[key], key=str)}")
+        default = STRUCTURE_DEFAULTS[key]
+        if key not in _CHOICES and isinstance(default, bool) and not isinstance(val, bool):
+            raise SpecError(f"{where}: [structure] {key} = {val!r}; write true or false")
+        if key not in _CHOICES and isinstance(default, int) and not isinstance(default, bool) and (
+                isinstance(val, bool) or not isinstance(val, int) or val < 1):
+            raise SpecError(f"{where}: [structure] {key} = {val!r}; give a whole number >= 1")
         structure[key] = val
     priors = raw.get("priors", {})
     for name in REQUIRED_PRIORS:
@@ -172,6 +190,13 @@ def _parse(text: str, where: str) -> ModelSpec:
                 f"{where}: prior '{name}' has bad parameters ({', '.join(unknown)} not a parameter of "
                 f"{p['dist']}; it takes {', '.join(sorted(allowed))})"
             )
+        for pname, pval in params.items():
+            if not isinstance(pval, (int, float)) or isinstance(pval, bool) or not np.isfinite(pval):
+                raise SpecError(f"{where}: prior '{name}': {pname} = {pval!r} must be a finite number")
+            if pname in _SCALE_PARAMS and not pval > 0 and not (pname == "alpha" and p["dist"] == "SkewNormal"):
+                raise SpecError(f"{where}: prior '{name}': {pname} = {pval!r} is a scale or shape; it must be > 0")
+        if "lower" in params and "upper" in params and not params["lower"] < params["upper"]:
+            raise SpecError(f"{where}: prior '{name}': lower must be < upper")
         try:
             dist.dist(**params)
         except Exception as exc:  # wrong parameter names or values
@@ -193,11 +218,11 @@ def load_spec(model: str | Path | None = None) -> ModelSpec:
     if p.suffix == ".toml" or p.exists():
         if not p.is_file():
             raise SpecError(f"{p}: model spec file not found; pass a shipped name ({_names()}) or a path to a .toml file")
-        return _parse(_extend(p.read_text(), str(p)), str(p))
+        return _parse(_extend(_read_text(p), str(p)), str(p))
     cand = spec_dir() / f"{model}.toml"
     if not cand.is_file():
         raise SpecError(f"unknown model '{model}'; shipped models: {_names()}, or pass a path to a .toml file")
-    return _parse(_extend(cand.read_text(), str(cand)), str(cand))
+    return _parse(_extend(_read_text(cand), str(cand)), str(cand))
 
 
 _SECTION = re.compile(r"^\[(\w+)\]\s*$")
