@@ -128,6 +128,20 @@ def validate(df: pd.DataFrame, *, source: str = "<table>", allow_single_compute:
     ``kind`` column (``"item"`` or ``"aggregate"``) and ``n_correct`` filled from
     ``accuracy * n_items`` where only accuracy was given.
 
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        The tidy table (see the README's input schema).
+    source : str
+        Name of the table's origin (a file name), used in error messages.
+    allow_single_compute : bool
+        Accept tasks seen at a single compute (fit only through the pooled slope prior).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The normalized copy.
+
     Raises
     ------
     forecaster.errors.DataError

@@ -43,7 +43,20 @@ _DIAG_ATTR = "forecaster_diagnostics"
 
 
 def save_fit(result: FitResult, path: str | Path) -> Path:
-    """Write a fit to ``path`` (netCDF via h5netcdf), atomically, with its convergence diagnostics."""
+    """Write a fit to ``path`` (netCDF via h5netcdf), atomically, with its convergence diagnostics.
+
+    Parameters
+    ----------
+    result : FitResult
+        The fit (:func:`forecaster.fit`).
+    path : str or Path
+        Output file (``.nc``); written to a temporary file first and moved into place.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     path = Path(path)
     tree = result.tree.copy(deep=False)
     tree["posterior"].attrs[_DIAG_ATTR] = json.dumps(dataclasses.asdict(result.diagnostics))
@@ -63,7 +76,23 @@ def _stored_diagnostics(tree: xr.DataTree) -> Diagnostics:
 
 
 def load_fit(path: str | Path) -> FitResult:
-    """Read a fit written by :func:`save_fit` (or ``forecaster fit``)."""
+    """Read a fit written by :func:`save_fit` (or ``forecaster fit``).
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.nc`` file.
+
+    Returns
+    -------
+    FitResult
+        The posterior, the input table, the spec and the diagnostics stored with it.
+
+    Raises
+    ------
+    forecaster.errors.FitFileError
+        The file is missing, not a netCDF file, or not a complete forecaster fit.
+    """
     path = Path(path)
     if not path.is_file():
         raise FitFileError(f"{path}: fit file not found; create one with 'forecaster fit DATA -o {path.name}'")

@@ -211,6 +211,21 @@ def load_spec(model: str | Path | None = None) -> ModelSpec:
     A spec whose ``[meta]`` says ``extends = "<shipped name>"`` lists only what differs from that spec
     (one line per key, e.g. ``trend = "additive"`` under ``[structure]``); it is read as the shipped spec's
     text with those lines put in place (:func:`_extend`), so the spec a fit stores is complete.
+
+    Parameters
+    ----------
+    model : str or Path, optional
+        Shipped name (``"default"``, ``"additive"``, ``"unpooled"``) or path to a ``.toml`` spec; default
+        ``"default"``.
+
+    Returns
+    -------
+    ModelSpec
+
+    Raises
+    ------
+    forecaster.errors.SpecError
+        Unknown name, unreadable file, or a spec that fails its checks (one line saying which).
     """
     if model is None:
         model = "default"
