@@ -196,14 +196,14 @@ def model_deviation_split(cells: CellData, spec: ModelSpec, idx: np.ndarray | No
         if slope_dir and len(rows) >= 2 and np.ptp(lvl[rows]) > 1e-9:
             X = np.column_stack([X, lvl[rows]])
         full, _ = np.linalg.qr(X, mode="complete")
-        q, r = np.linalg.qr(X)  # thin: X = q @ r
-        rinv = np.linalg.inv(r)
+        q, r = np.linalg.qr(X)  # thin: X = q @ r, q the leading columns of the complete one (same reflections)
         k = X.shape[1]
+        if not np.allclose(q, full[:, :k]):  # never seen; then R from the complete basis itself
+            r = full[:, :k].T @ X
+        rinv = np.linalg.inv(r)
         bj = np.zeros((n_dev, len(rows) - k))
         bj[rows] = full[:, k:]
         b_cols.append(bj)
-        # the thin q must be the leading columns of the complete one (same Householder reflections)
-        assert np.allclose(q, full[:, :k])
         c0 = np.zeros((n_task, k))
         c1 = np.zeros((n_task, k))
         c0[j] = rinv[0]
