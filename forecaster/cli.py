@@ -72,8 +72,6 @@ def _floats(text: Optional[str], what: str, example: str = "1e23,1e24") -> Optio
         raise ForecasterError(f"--{what} takes comma-separated numbers, e.g. {example}; got {text!r}") from None
     if not vals:
         raise ForecasterError(f"--{what} is empty; give comma-separated numbers")
-    if not all(math.isfinite(v) for v in vals):
-        raise ForecasterError(f"--{what} takes finite numbers, e.g. {example}; got {text!r}")
     return vals
 
 

@@ -105,13 +105,20 @@ def _task_level(spec: ModelSpec, name: str, mu_name: str, sigma_name: str, cente
     task's parameter then gets the same marginal prior directly:
     ``Normal(mu.mu, sqrt(mu.sigma**2 + sigma.sigma**2))``.
     """
-    if len(centered) == 1:
-        pm_, ps_ = spec.priors[mu_name], spec.priors[sigma_name]
-        m = _normal_moments(pm_)
-        v = _halfnormal_second_moment(ps_)
-        if m is not None and v is not None:
-            return pm.Normal(name, mu=m[0], sigma=float(np.sqrt(m[1] ** 2 + v)), dims="task")
+    marginal = _single_task_prior(spec, mu_name, sigma_name) if len(centered) == 1 else None
+    if marginal is not None:
+        return pm.Normal(name, mu=marginal[0], sigma=marginal[1], dims="task")
     return _hier(name, spec.prior(mu_name), spec.prior(sigma_name), "task", centered)
+
+
+def _single_task_prior(spec: ModelSpec, mu_name: str, sigma_name: str) -> tuple[float, float] | None:
+    """Mean and sd of a single task's parameter with its population mean and spread integrated out, when their
+    priors are Normal and HalfNormal (or fixed); else None (see :func:`_task_level`)."""
+    m = _normal_moments(spec.priors[mu_name])
+    v = _halfnormal_second_moment(spec.priors[sigma_name])
+    if m is None or v is None:
+        return None
+    return m[0], float(np.sqrt(m[1] ** 2 + v))
 
 
 def _normal_moments(p: dict) -> tuple[float, float] | None:
@@ -195,12 +202,9 @@ def model_deviation_split(cells: CellData, spec: ModelSpec, idx: np.ndarray | No
         X = np.ones((len(rows), 1))
         if slope_dir and len(rows) >= 2 and np.ptp(lvl[rows]) > 1e-9:
             X = np.column_stack([X, lvl[rows]])
-        full, _ = np.linalg.qr(X, mode="complete")
-        q, r = np.linalg.qr(X)  # thin: X = q @ r, q the leading columns of the complete one (same reflections)
+        full, r = np.linalg.qr(X, mode="complete")  # X = full[:, :k] @ r[:k]
         k = X.shape[1]
-        if not np.allclose(q, full[:, :k]):  # never seen; then R from the complete basis itself
-            r = full[:, :k].T @ X
-        rinv = np.linalg.inv(r)
+        rinv = np.linalg.inv(r[:k])
         bj = np.zeros((n_dev, len(rows) - k))
         bj[rows] = full[:, k:]
         b_cols.append(bj)
@@ -219,10 +223,9 @@ def _task_level_moved(spec: ModelSpec, name: str, mu_name: str, sigma_name: str,
     ``name = <name>_eff - move`` (see :func:`model_deviation_split`). Returns ``(eff, value)``."""
     eff = pm.Flat(f"{name}_eff", dims="task")
     value = pm.Deterministic(name, eff - move, dims="task")
-    m = _normal_moments(spec.priors[mu_name]) if n_task == 1 else None
-    v = _halfnormal_second_moment(spec.priors[sigma_name]) if n_task == 1 else None
-    if m is not None and v is not None:
-        dist = pm.Normal.dist(mu=m[0], sigma=float(np.sqrt(m[1] ** 2 + v)))
+    marginal = _single_task_prior(spec, mu_name, sigma_name) if n_task == 1 else None
+    if marginal is not None:
+        dist = pm.Normal.dist(mu=marginal[0], sigma=marginal[1])
     else:
         dist = pm.Normal.dist(mu=spec.prior(mu_name), sigma=spec.prior(sigma_name))
     pm.Potential(f"{name}_prior", pm.logp(dist, value).sum())

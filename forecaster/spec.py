@@ -269,7 +269,7 @@ def _extend(text: str, where: str) -> str:
     base = spec_dir() / f"{base_name}.toml"
     if not isinstance(base_name, str) or not base.is_file():
         raise SpecError(f"{where}: extends unknown model {base_name!r}; shipped models: {_names()}")
-    base_text = base.read_text()
+    base_text = _read_text(base)
     base_raw = tomllib.loads(base_text)
     if base_raw.get("meta", {}).get("extends"):
         raise SpecError(f"{where}: extends {base_name!r}, which extends another spec; extend a complete spec")
