@@ -452,6 +452,36 @@ def _take(x, idx: np.ndarray):
     return x[idx]
 
 
+def _binomln(n: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """``log(n choose k)``."""
+    from scipy.special import gammaln
+
+    return gammaln(n + 1.0) - gammaln(k + 1.0) - gammaln(n - k + 1.0)
+
+
+def _binomial_logp(k, p, n, binomln):
+    """Binomial log-probability of ``k`` of ``n`` at ``0 < p < 1``, the coefficient ``binomln`` given."""
+    return binomln + k * pt.log(p) + (n - k) * pt.log1p(-p)
+
+
+def _betabinomial_logp(k, alpha, beta, n, binomln):
+    """Beta-binomial log-probability of ``k`` of ``n``, the coefficient ``binomln`` given."""
+    from pymc.distributions.dist_math import betaln
+
+    return binomln + betaln(k + alpha, n - k + beta) - betaln(alpha, beta)
+
+
+def _data(name: str, value, dtype=np.float64):
+    """A data array of the model as a named ``pm.Data`` (static shape), not a constant in its graph.
+
+    Data values then enter the compiled log density at run time: a model of the same design (cells, masks,
+    indices, spec) with other values has the same graph, and its compiled code is reused
+    (:mod:`forecaster.compile_cache`). Indices and masks stay constants: they are the design.
+    """
+    arr = np.ascontiguousarray(value, dtype=dtype)
+    return pm.Data(f"data_{name}", arr, shape=arr.shape)
+
+
 def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
     """Build the hierarchical model for ``cells`` under ``spec``.
 
@@ -470,7 +500,6 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
     centered_task, centered_cell = choose_parametrization(cells, spec)
     n_task, n_fam, n_set = len(cells.tasks), len(cells.families), len(cells.settings)
     t, f, s = cells.cell_task, cells.cell_family, cells.cell_setting
-    xc = cells.cell_x - cells.c0
 
     additive = st.get("trend") == "additive"
     if additive and (len(cells.cell_u) != cells.n_cells or not np.isfinite(cells.cell_u).all()):
@@ -480,6 +509,7 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
     split = model_deviation_split(cells, spec, bt, centered_task)
 
     with pm.Model(coords=model_coords(cells)) as model:
+        xc = _data("x_rel", cells.cell_x - cells.c0)
         alloc = None
         if split is None:
             a = _task_level(spec, "a", "mu_a", "sigma_a", centered_task)
@@ -488,8 +518,9 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
             sigma_model = spec.prior("sigma_model")
             dev_basis, c0_move, c1_move = split
             v_model = pm.Normal("model_dev_v", 0.0, 1.0, shape=c0_move.shape[1])
-            a, _ = _task_level_moved(spec, "a", "mu_a", "sigma_a", n_task, sigma_model * pt.dot(c0_move, v_model))
-            slope_move = sigma_model * pt.dot(c1_move, v_model) / 2.0
+            a, _ = _task_level_moved(spec, "a", "mu_a", "sigma_a", n_task,
+                                     sigma_model * pt.dot(_data("dev_move_a", c0_move), v_model))
+            slope_move = sigma_model * pt.dot(_data("dev_move_b", c1_move), v_model) / 2.0
         if additive:
             b_params = _task_level(spec, "b_params", "mu_b_params", "sigma_b_params", centered_task)
             b_tokens = _task_level(spec, "b_tokens", "mu_b_tokens", "sigma_b_tokens", centered_task)
@@ -524,6 +555,7 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
         if additive:
             # CE = params term + tokens term, each a power law (see additive_trend); level a at the reference
             dn, dd = params_tokens_offsets(cells.cell_x, cells.cell_u, cells.c0, cells.u0)
+            dn, dd = _data("params_rel", dn), _data("tokens_rel", dd)
             mu = additive_trend(intercept, share[t], b_params[t] + slope, b_tokens[t] + slope, dn, dd, xp=pt)
         else:
             mu = intercept + slope * xc
@@ -531,11 +563,11 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
             alloc = _task_level(spec, "alloc", "mu_alloc", "sigma_alloc", centered_task)
         if alloc is not None:
             # at fixed compute, the split between parameters and tokens moves log CE too (see use_allocation)
-            mu = mu + alloc[t] * (cells.cell_u - cells.u0)
+            mu = mu + alloc[t] * _data("u_rel", cells.cell_u - cells.u0)
         if split is not None:
             if dev_basis.shape[1]:
                 w_model = pm.Normal("model_dev_w", 0.0, 1.0, shape=dev_basis.shape[1])
-                mu = mu + sigma_model * pt.dot(dev_basis, w_model)[bt]
+                mu = mu + sigma_model * pt.dot(_data("dev_basis", dev_basis), w_model)[bt]
         elif bt is not None:
             # checkpoints of one model share that model's deviation from the trend (per task)
             sigma_model = spec.prior("sigma_model")
@@ -553,7 +585,7 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
         if st["spread_varies"]:
             # the item spread of a cell follows how far the task has been learned there (see item_spread)
             spread_slope = _spread_slope(spec, cells)
-            s_cell = item_spread(mu, sigma_item[t], spread_slope[t], cells.spread_ref[t], xp=pt)
+            s_cell = item_spread(mu, sigma_item[t], spread_slope[t], _data("spread_ref", cells.spread_ref)[t], xp=pt)
         else:
             s_cell = sigma_item[t]
         var_w = s_cell**2
@@ -571,33 +603,36 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
             if bal.any():
                 i = np.flatnonzero(bal)
                 pm.Normal(
-                    "obs_item_mean_bal", mu=_take(mu, i), sigma=pt.sqrt(_take(var_noise, i) / cells.item_n[i]),
-                    observed=cells.item_mean[i],
+                    "obs_item_mean_bal", mu=_take(mu, i),
+                    sigma=pt.sqrt(_take(var_noise, i) / _data("item_n_bal", cells.item_n[i])),
+                    observed=_data("item_mean_bal", cells.item_mean[i]),
                 )
             if unb.any():
                 i = np.flatnonzero(unb)
-                pm.Normal("obs_item_mean", mu=_take(mu, i), sigma=pt.sqrt(_take(var_w, i) / cells.item_n[i]), observed=cells.item_mean[i])
+                pm.Normal("obs_item_mean", mu=_take(mu, i), sigma=pt.sqrt(_take(var_w, i) / _data("item_n", cells.item_n[i])),
+                          observed=_data("item_mean", cells.item_mean[i]))
                 j = i[cells.item_n[i] >= 2]
                 if len(j):
                     pm.Gamma(
-                        "obs_item_ss", alpha=(cells.item_n[j] - 1) / 2.0, beta=1.0 / (2.0 * _take(var_w, j)),
-                        observed=cells.item_ss[j] + _SS_EPS,
+                        "obs_item_ss", alpha=_data("item_ss_alpha", (cells.item_n[j] - 1) / 2.0),
+                        beta=1.0 / (2.0 * _take(var_w, j)), observed=_data("item_ss", cells.item_ss[j] + _SS_EPS),
                     )
             if has_groups:
                 gt = cells.group_task
                 J = cells.group_df_res / cells.group_df_items + 1.0
                 # the group's within-cell variance: mean of its cells' item variances
                 member = (cells.cell_group[None, :] == np.arange(len(gt))[:, None]).astype(float)
-                vw = pt.dot(member / member.sum(axis=1, keepdims=True), var_w)
+                vw = pt.dot(_data("group_weights", member / member.sum(axis=1, keepdims=True)), var_w)
                 v_noise = (1.0 - rho[gt]) * vw
                 v_item = rho[gt] * vw
                 pm.Gamma(
-                    "obs_group_ss_res", alpha=cells.group_df_res / 2.0, beta=1.0 / (2.0 * v_noise),
-                    observed=cells.group_ss_res + _SS_EPS,
+                    "obs_group_ss_res", alpha=_data("group_res_alpha", cells.group_df_res / 2.0),
+                    beta=1.0 / (2.0 * v_noise), observed=_data("group_ss_res", cells.group_ss_res + _SS_EPS),
                 )
                 pm.Gamma(
-                    "obs_group_ss_items", alpha=cells.group_df_items / 2.0, beta=1.0 / (2.0 * (v_noise + J * v_item)),
-                    observed=cells.group_ss_items + _SS_EPS,
+                    "obs_group_ss_items", alpha=_data("group_items_alpha", cells.group_df_items / 2.0),
+                    beta=1.0 / (2.0 * (v_noise + _data("group_j", J) * v_item)),
+                    observed=_data("group_ss_items", cells.group_ss_items + _SS_EPS),
                 )
 
         # ---- aggregate mean CE: lognormal mean over items. The same test items are scored at every model, so
@@ -607,8 +642,8 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
         if has_ce.any():
             i = np.flatnonzero(has_ce)
             vw = _take(var_w, i)
-            sd = pt.sqrt(pt.log1p(pt.expm1(_take(var_noise, i)) / cells.ce_n[i]))
-            pm.Normal("obs_ce", mu=_take(mu, i) + vw / 2.0, sigma=sd, observed=np.log(cells.ce_obs[i]))
+            sd = pt.sqrt(pt.log1p(pt.expm1(_take(var_noise, i)) / _data("ce_n", cells.ce_n[i])))
+            pm.Normal("obs_ce", mu=_take(mu, i) + vw / 2.0, sigma=sd, observed=_data("log_ce", np.log(cells.ce_obs[i])))
 
         # ---- exact-match counts: p = E_items[exp(-k CE_item)]
         has_em = cells.em_n > 0
@@ -619,19 +654,22 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
             i = np.flatnonzero(has_em)
             # expectation over item difficulty, fused into one Op with its derivatives (forecaster.expectation)
             p = expected_exact_match(
-                _take(mu, i), _take(pt.broadcast_to(s_cell, (cells.n_cells,)), i), cells.cell_k[i].astype(float),
+                _take(mu, i), _take(pt.broadcast_to(s_cell, (cells.n_cells,)), i), _data("em_k", cells.cell_k[i]),
                 st["em_expectation"], st["quadrature_nodes"],
             )
             if floor_on.any():  # a floor of lucky guesses under the latent accuracy
                 g_i = guess[t[i]]
                 p = g_i + (1.0 - g_i) * p
             p = pt.clip(p, 1e-12, 1.0 - 1e-12)
+            # Binomial / beta-binomial counts with the binomial coefficient computed once from the data, not in
+            # every gradient (216 lgamma calls on the demo, a sixth of its gradient, now that counts are data)
+            n_em, k_em = cells.em_n[i].astype(np.int64), cells.em_correct[i].astype(np.int64)
+            count_args = (_data("em_n", n_em, np.int64), _data("em_binomln", _binomln(n_em, k_em)))
+            observed = _data("em_correct", k_em, np.int64)
             if st["em_likelihood"] == "betabinomial":
                 kappa = spec.prior("em_concentration")
-                pm.BetaBinomial(
-                    "obs_em", alpha=p * kappa, beta=(1.0 - p) * kappa, n=cells.em_n[i].astype(int),
-                    observed=cells.em_correct[i].astype(int),
-                )
+                pm.CustomDist("obs_em", p * kappa, (1.0 - p) * kappa, *count_args, logp=_betabinomial_logp,
+                              observed=observed, dtype="int64")
             else:
-                pm.Binomial("obs_em", n=cells.em_n[i].astype(int), p=p, observed=cells.em_correct[i].astype(int))
+                pm.CustomDist("obs_em", p, *count_args, logp=_binomial_logp, observed=observed, dtype="int64")
     return model

@@ -131,14 +131,48 @@ def test_unusable_cache_dir_falls_back(small_model, tmp_path):
     assert c.n_dim > 0
 
 
-def test_key_follows_data_and_graph(demo_table, small_model):
+def _two_tasks(demo_table):
     tasks = sorted(demo_table.task.unique())[:2]
-    sub = demo_table[demo_table.task.isin(tasks)].copy()
-    same = build_model(summarize(sub), load_spec(None))
-    assert cc.model_key(same) == cc.model_key(small_model)
-    sub.loc[sub.index[0], "logprob"] -= 0.5  # one item's score
-    other = build_model(summarize(sub), load_spec(None))
-    assert cc.model_key(other) != cc.model_key(small_model)
+    return demo_table[demo_table.task.isin(tasks)].copy()
+
+
+def test_key_follows_design_not_values(demo_table, small_model):
+    """The key changes with the model's graph (cells, spec), not with the values of its data arrays."""
+    sub = _two_tasks(demo_table)
+    key = cc.model_key(small_model)
+    assert cc.model_key(build_model(summarize(sub), load_spec(None))) == key
+    other = sub.copy()
+    other.loc[other.index[0], "logprob"] -= 0.5  # one item's score: a value
+    assert cc.model_key(build_model(summarize(other), load_spec(None))) == key
+    fewer = sub[sub.model != sub.model.iloc[0]]  # one model fewer: other cells
+    assert cc.model_key(build_model(summarize(fewer), load_spec(None))) != key
+    changed = load_spec(None)
+    changed.priors["sigma_cell"] = {"dist": "HalfNormal", "sigma": 0.2}
+    assert cc.model_key(build_model(summarize(sub), changed)) != key
+
+
+def test_new_values_reuse_the_compiled_code(demo_table, small_model, compiled, cache_root):
+    """Data of the same design with other values hit the cache, and the code reads *their* values: the log
+    density equals nutpie's own compile of that model, bit for bit, and differs from the first data's."""
+    import pytensor
+
+    other_table = _two_tasks(demo_table)
+    other_table["logprob"] = other_table["logprob"] * 1.01
+    other = build_model(summarize(other_table), load_spec(None))
+    before = dict(cc.stats)
+    with warnings.catch_warnings(), pytensor.config.change_flags(numba__fastmath=False):
+        warnings.simplefilter("ignore")
+        hit = cc.compile_nutpie(other, cache=cache_root)
+        ref = nutpie.compile_pymc_model(other)
+    assert cc.stats["hits"] == before["hits"] + 1 and cc.stats["misses"] == before["misses"]
+    x = ref.initial_point_func(0) + 0.1
+    rc, lp, grad = _logp(ref, x)
+    rc2, lp2, grad2 = _logp(hit, x)
+    assert rc == rc2 == 0 and lp2 == lp
+    np.testing.assert_array_equal(grad2, grad)
+    assert _logp(compiled[0], x)[1] != lp
+    # start vectors follow the data (centered cells start at their own trend), not those of the first data
+    np.testing.assert_array_equal(hit.initial_point_func(5), ref.initial_point_func(5))
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):
@@ -203,6 +237,7 @@ def test_initial_points_stored_per_seed(reference, compiled, cache_root, small_m
     entry = cache_root / cc.model_key(small_model)
     np.testing.assert_array_equal(first.initial_point_func(9), reference.initial_point_func(9))
     settings = cc._initial_settings(small_model, None, None)
+    assert settings != cc._initial_settings(small_model, None, None, inputs="other data")
     assert cc._StoredInitialPoints(entry, None, settings).path(9).is_file()
     for seed in (3, 4):
         np.testing.assert_array_equal(second.initial_point_func(seed), reference.initial_point_func(seed))
