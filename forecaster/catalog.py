@@ -193,6 +193,7 @@ def read_compute_table(path: str | Path) -> ComputeTable:
         )
     out = ComputeTable()
     out.families = {}
+    seen: dict[tuple[str, str], int] = {}
     for i, raw in enumerate(rows, start=2):
         row = {str(k).strip().lower(): (v or "").strip() for k, v in raw.items() if k}
         model = row.get("model", "")
@@ -209,6 +210,10 @@ def read_compute_table(path: str | Path) -> ComputeTable:
             )
         entry = Entry(params, tokens, c, f"compute table {p.name}")
         rev = row.get("revision") or (f"step{row['step']}" if row.get("step") else "")
+        if (model, rev) in seen:  # which row would win is not the user's intent to guess
+            raise DataError(f"{p}, line {i}: model {model!r}{f' at {rev}' if rev else ''} is listed twice (also on "
+                            f"line {seen[model, rev]}); keep one row per model")
+        seen[model, rev] = i
         base, step = split_revision(model, rev or None)
         out[model] = entry
         if row.get("family"):

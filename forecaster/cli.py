@@ -162,7 +162,7 @@ def fit(
     chains: Annotated[int, typer.Option(help="Number of chains.")] = 4,
     sampler: Annotated[str, typer.Option(help="nutpie | pymc | numpyro")] = "nutpie",
     target_accept: Annotated[float, typer.Option(help="NUTS target acceptance.")] = 0.95,
-    strict: Annotated[bool, typer.Option(help="Exit 1 when the posterior cannot be trusted.")] = False,
+    strict: Annotated[bool, typer.Option(help="Exit 1 when the posterior cannot be trusted (the fit file is still written, for inspection).")] = False,
     pool_single_compute: Annotated[bool, typer.Option(
         help="Fit tasks seen at one compute only through the pooled slope prior.")] = False,
     from_format: FromFormat = "tidy",

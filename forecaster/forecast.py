@@ -101,6 +101,20 @@ def trend(fit: FitResult, tasks=None, families=None, settings=None, tokens_per_p
     ``trend = "additive"`` has a second line (``intercept2``, ``slope2``, ``alloc2``:
     the tokens term; the first line is the params term) and the trend is the
     ``logaddexp`` of the two: evaluate it with :func:`latent`.
+
+    Parameters
+    ----------
+    fit : FitResult
+        A fit (:func:`forecaster.fit` or :func:`forecaster.load_fit`).
+    tasks, families, settings : list of str, optional
+        Which to include (default: all of the fit's).
+    tokens_per_param : float, optional
+        Training tokens per parameter of the models the trend is for (fits with params and tokens only).
+
+    Returns
+    -------
+    xarray.Dataset
+        Per draw (``chain``, ``draw``): the variables above.
     """
     post = fit.posterior
     cells = fit.cells
@@ -348,7 +362,30 @@ def forecast(
 
 def metric_curve(fit: FitResult, task: str, family: str, setting: str, metric: str, log10_grid: np.ndarray,
                  k: float | None = None, n: int = 1, tokens_per_param: float | None = None) -> xr.DataArray:
-    """Per-draw expected metric on the trend (no new-model deviation) over a grid of log10 compute."""
+    """Per-draw expected metric on the trend (no new-model deviation) over a grid of log10 compute.
+
+    Parameters
+    ----------
+    fit : FitResult
+        A fit.
+    task, family, setting : str
+        The combination to evaluate.
+    metric : str
+        ``exact_match``, ``token_accuracy``, ``edit_distance`` or ``pass_at_n``.
+    log10_grid : array_like
+        log10 training compute (FLOPs) to evaluate at.
+    k : float, optional
+        Answer length in tokens (default: the task's, from the data).
+    n : int
+        Samples for ``pass_at_n``.
+    tokens_per_param : float, optional
+        As in :func:`trend`.
+
+    Returns
+    -------
+    xarray.DataArray
+        The metric, dims (``chain``, ``draw``, ``log10_compute``).
+    """
     tr = trend(fit, [task], [family], [setting], tokens_per_param)
     kt = float(_task_k(fit, [task], k).values[0])
     grid = xr.DataArray(np.asarray(log10_grid, float) - fit.cells.c0, dims="log10_compute")

@@ -77,7 +77,32 @@ def observed_floor(floor, metric: str, n: int = 1) -> np.ndarray:
 def metric_value(log_ce, sigma, metric: str, k: float = 1.0, n: int = 1, nodes: int = NODES,
                  floor=0.0) -> np.ndarray:
     """Expected ``metric`` over items whose log CE is ``N(log_ce, sigma)``, above a guess rate ``floor``
-    (exact match and pass@n only; arrays broadcast)."""
+    (exact match and pass@n only; arrays broadcast).
+
+    Parameters
+    ----------
+    log_ce : array_like
+        Log per-token cross-entropy (nats) of the typical item.
+    sigma : array_like
+        Spread of log CE across items.
+    metric : str
+        ``exact_match`` (all ``k`` tokens right), ``token_accuracy`` (per-token ``exp(-CE)``),
+        ``edit_distance`` (expected wrong tokens out of ``k``) or ``pass_at_n`` (exact match in at least one
+        of ``n`` samples).
+    k : float
+        Answer length in tokens.
+    n : int
+        Samples for ``pass_at_n``.
+    nodes : int
+        Quadrature nodes over items (the default uses a precomputed spline).
+    floor : array_like
+        Guess rate: the metric is ``floor + (1 - floor) * value`` (exact match and pass@n).
+
+    Returns
+    -------
+    numpy.ndarray
+        The expected metric, broadcast over the inputs.
+    """
     if metric in _SPLINE and nodes == NODES:
         # E[exp(-k CE)] is the spline of forecaster.expectation (exact to 1e-6; 10x cheaper than 64 nodes)
         p = em_value(log_ce, sigma, k if metric == "exact_match" else 1.0)

@@ -316,3 +316,15 @@ def test_compute_table_errors(tmp_path):
     t.write_text("model,revision,params,tokens\nEleutherAI/pythia-70m,step1000,7e7,2e9\n")
     table = catalog.read_compute_table(t)
     assert catalog.resolve("pythia-70m@step1000", table=table).compute == pytest.approx(6 * 7e7 * 2e9)
+
+
+def test_compute_table_duplicate_model_is_an_error(tmp_path):
+    """A model listed twice is refused with both lines named (which row wins is not ours to guess); the same
+    model at two checkpoints is two models."""
+    t = tmp_path / "c.csv"
+    t.write_text("model,compute\na,1e20\nb,2e20\na,3e20\n")
+    with pytest.raises(DataError, match=r"line 4: model 'a' is listed twice \(also on line 2\)"):
+        catalog.read_compute_table(t)
+    t.write_text("model,step,compute\na,1000,1e20\na,2000,2e20\n")
+    table = catalog.read_compute_table(t)
+    assert table["a@step1000"].compute == 1e20 and table["a@step2000"].compute == 2e20
