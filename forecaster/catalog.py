@@ -259,7 +259,7 @@ def fill_compute(
 
     Existing positive ``compute`` values are kept. Missing ones come from the
     compute table (a path or the output of :func:`read_compute_table`), then the
-    built-in catalog. Rows whose compute is 0 (step-0 checkpoints) are dropped.
+    built-in catalog. Rows whose compute is 0 (step-0 checkpoints) are dropped; negative compute is an error.
     Adds a ``compute_source`` column. With ``drop_unknown=True`` the rows of
     models without known compute are dropped (with a warning naming them)
     instead of raising.
@@ -319,7 +319,12 @@ def fill_compute(
         for model in pd.unique(df.loc[empty, "model"]):
             fam = fams.get(model) or family_of(model) or _default_family(model)
             df.loc[empty & (df["model"] == model), "family"] = fam
-    untrained = df["compute"] <= 0
+    negative = df["compute"] < 0
+    if negative.any():
+        i = negative.idxmax()
+        raise DataError(f"{source}: model {df.at[i, 'model']!r} has compute {df.at[i, 'compute']:g} < 0 FLOPs; fix "
+                        "the value (0 marks an untrained checkpoint, which is dropped)")
+    untrained = df["compute"] == 0
     if untrained.any():
         df = df[~untrained].reset_index(drop=True)
         if df.empty:

@@ -8,8 +8,8 @@ numba cannot cache). :func:`compile_nutpie` instead writes the wrappers as
 plain functions into a generated module file under the cache directory, so
 numba's own on-disk cache (``cache=True``) keeps the machine code, and stores
 the few facts nutpie needs about the parameter layout next to it. A later
-process with the same model graph (same structure, data and package versions)
-loads both and skips pytensor compilation entirely. A first compile inlines
+process with the same model graph (same structure and package versions, any
+values of the data) loads both and skips pytensor compilation entirely. A first compile inlines
 the graph's function into the wrappers (:func:`_inlined`), so numba types and
 emits it once: 32 -> 22 s for a new dataset on the demo.
 

@@ -244,6 +244,14 @@ def test_long_malformed(tmp_path):
         import_results("long", [f])
     with pytest.raises(DataError, match="file not found"):
         import_results("long", [tmp_path / "nope.csv"])
+    # negative compute is an error (0 marks an untrained checkpoint, dropped); empty values are skipped
+    f.write_text("family,model,task,shots,metric,value,n_examples,compute_flops\n"
+                 "f,m,t,0,acc,0.5,10,-1e20\nf,m2,t,0,acc,,10,1e21\nf,m3,t,0,acc,0.6,10,2e21\n")
+    with pytest.raises(DataError, match=r"model 'm' has compute -1e\+20 < 0 FLOPs"):
+        import_results("long", [f])
+    f.write_text("family,model,task,shots,metric,value,n_examples,compute_flops\n"
+                 "f,m,t,0,acc,0.5,10,1e20\nf,m2,t,0,acc,,10,1e21\nf,m3,t,0,acc,0.6,10,2e21\n")
+    assert sorted(import_results("long", [f])["model"]) == ["m", "m3"]
 
 
 # --------------------------------------------------------------------------- entry point + catalog

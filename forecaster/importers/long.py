@@ -35,6 +35,8 @@ source_path``. One tidy aggregate row per (model checkpoint, task, setting):
   is exact there; for other tasks it is the documented fallback (the number
   of answer tokens the exact-match model assumes). Pass ``n_tokens`` as an
   int, or a dict task -> int (e.g. ``{"arith_addition": 2}``).
+* **empty values**: rows whose ``value`` is empty (a metric not measured) are
+  skipped; a value that is not a number is an error.
 * **compute**: ``compute_flops``; rows with 0 (untrained step-0 checkpoints)
   are dropped, empty ones are filled from the compute table, then from
   ``params * train_tokens``, then the catalog; a model with none is an error.
