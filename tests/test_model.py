@@ -227,3 +227,25 @@ def test_take_slices_contiguous_cells():
     v = np.arange(10.0)
     for idx in (np.arange(3, 9), np.array([0, 2, 3])):
         np.testing.assert_array_equal(_take(x, idx).eval({x: v}), v[idx])
+
+
+@pytest.mark.parametrize("likelihood", ["binomial", "betabinomial"])
+def test_count_likelihood_equals_pymc(likelihood):
+    """The exact-match counts' likelihood (binomial coefficient computed once from the data) equals PyMC's own
+    Binomial / BetaBinomial log-probability."""
+    import pymc as pm
+
+    from forecaster.model import _betabinomial_logp, _binomial_logp, _binomln
+
+    n = np.array([5, 60, 5153, 1])
+    k = np.array([0, 17, 2000, 1])
+    p = np.array([0.03, 0.3, 0.41, 0.9])
+    c = _binomln(n.astype(float), k.astype(float))
+    if likelihood == "binomial":
+        got = _binomial_logp(k, p, n, c).eval()
+        want = pm.logp(pm.Binomial.dist(n=n, p=p), k).eval()
+    else:
+        kappa = 40.0
+        got = _betabinomial_logp(k, p * kappa, (1 - p) * kappa, n, c).eval()
+        want = pm.logp(pm.BetaBinomial.dist(alpha=p * kappa, beta=(1 - p) * kappa, n=n), k).eval()
+    np.testing.assert_allclose(got, want, rtol=1e-10)
