@@ -10,11 +10,16 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_compile_cache(tmp_path_factory):
-    """Tests compile into their own cache (hermetic; compiled models are still shared within the session)."""
+    """Tests compile into their own cache (hermetic; compiled models are still shared within the session, and
+    between the session's pytest-xdist workers, whose temporary folders share a parent)."""
     import os
 
     old = os.environ.get("FORECASTER_CACHE")
-    os.environ["FORECASTER_CACHE"] = str(tmp_path_factory.mktemp("compile-cache"))
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    (base / "compile-cache").mkdir(exist_ok=True)
+    os.environ["FORECASTER_CACHE"] = str(base / "compile-cache")
     yield
     if old is None:
         os.environ.pop("FORECASTER_CACHE", None)

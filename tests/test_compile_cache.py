@@ -99,36 +99,74 @@ def test_same_seed_same_draws(reference, compiled):
         np.testing.assert_array_equal(a.posterior[name].values, b.posterior[name].values)
 
 
-@pytest.mark.parametrize("damage", ["meta.pkl", "*.nbc"])
-def test_corrupt_cache_recovers(small_model, compiled, cache_root, tmp_path, damage):
-    import shutil
+@pytest.fixture(scope="module")
+def toy_model():
+    """A toy model with one data array: the cache's mechanics (corruption, fallback) do not depend on the
+    model, and it compiles in seconds where the demo's two tasks take ~30 s."""
+    import pymc as pm
 
-    first = compiled[0]
-    key = cc.model_key(small_model)
-    shutil.copytree(cache_root / key, tmp_path / key)
-    for f in (tmp_path / key).rglob(damage):
-        f.write_bytes(b"garbage")
+    with pm.Model() as m:
+        y = pm.Data("data_y", np.array([0.3, -1.2, 0.8, 2.0]))
+        mu = pm.Normal("mu", 0, 1)
+        s = pm.HalfNormal("s", 1)
+        pm.Normal("obs", mu, s, observed=y)
+    return m
+
+
+@pytest.fixture(scope="module")
+def toy_compiled(toy_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy-cache")
+    _forget_loaded_modules()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        before = dict(cc.stats)
+        compiled = cc.compile_nutpie(toy_model, cache=root)
+    assert cc.stats["misses"] == before["misses"] + 1
+    return compiled, root
+
+
+def _forget_loaded_modules() -> None:
+    """A new process has no generated module loaded yet: simulate that."""
     for name in [n for n in sys.modules if n.startswith("_forecaster_nutpie_")]:
         del sys.modules[name]
+
+
+@pytest.mark.parametrize("damage", ["meta.pkl", "*.nbc"])
+def test_corrupt_cache_recovers(toy_model, toy_compiled, tmp_path, damage):
+    import shutil
+
+    first, cache_root = toy_compiled
+    key = cc.model_key(toy_model)
+    shutil.copytree(cache_root / key, tmp_path / key)
+    damaged = list((tmp_path / key).rglob(damage))
+    assert damaged
+    for f in damaged:
+        f.write_bytes(b"garbage")
+    _forget_loaded_modules()
     before = dict(cc.stats)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        c = cc.compile_nutpie(small_model, cache=tmp_path)
+        c = cc.compile_nutpie(toy_model, cache=tmp_path)
     assert cc.stats["hits"] + cc.stats["misses"] + cc.stats["fallbacks"] == sum(before.values()) + 1
     assert cc.stats["hits"] == before["hits"]
-    x = first.initial_point_func(0)
-    assert _logp(c, x)[:2] == _logp(first, x)[:2]
+    x = first.initial_point_func(0) + 0.1
+    rc, lp, grad = _logp(c, x)
+    assert rc == 0 and np.isfinite(lp)
+    assert (rc, lp) == _logp(first, x)[:2]
 
 
-def test_unusable_cache_dir_falls_back(small_model, tmp_path):
+def test_unusable_cache_dir_falls_back(toy_model, toy_compiled, tmp_path):
+    first, _ = toy_compiled
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
+    _forget_loaded_modules()
     before = dict(cc.stats)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        c = cc.compile_nutpie(small_model, cache=blocker)
+        c = cc.compile_nutpie(toy_model, cache=blocker)
     assert cc.stats["fallbacks"] == before["fallbacks"] + 1
-    assert c.n_dim > 0
+    x = first.initial_point_func(0) + 0.1
+    assert _logp(c, x)[:2] == _logp(first, x)[:2]
 
 
 def _two_tasks(demo_table):
@@ -151,28 +189,32 @@ def test_key_follows_design_not_values(demo_table, small_model):
     assert cc.model_key(build_model(summarize(sub), changed)) != key
 
 
-def test_new_values_reuse_the_compiled_code(demo_table, small_model, compiled, cache_root):
+def test_new_values_reuse_the_compiled_code(demo_table, small_model, compiled, cache_root, reference):
     """Data of the same design with other values hit the cache, and the code reads *their* values: the log
-    density equals nutpie's own compile of that model, bit for bit, and differs from the first data's."""
-    import pytensor
-
+    density equals nutpie's own compiled code given those data (``with_data``), bit for bit, and differs from
+    the first data's."""
     other_table = _two_tasks(demo_table)
     other_table["logprob"] = other_table["logprob"] * 1.01
     other = build_model(summarize(other_table), load_spec(None))
     before = dict(cc.stats)
-    with warnings.catch_warnings(), pytensor.config.change_flags(numba__fastmath=False):
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hit = cc.compile_nutpie(other, cache=cache_root)
-        ref = nutpie.compile_pymc_model(other)
     assert cc.stats["hits"] == before["hits"] + 1 and cc.stats["misses"] == before["misses"]
-    x = ref.initial_point_func(0) + 0.1
+    new_values = {name: v.get_value() for name, v in cc._data_vars(other).items()}
+    changed = [n for n, v in cc._data_vars(small_model).items() if not np.array_equal(v.get_value(), new_values[n])]
+    assert changed  # the log-prob sums moved
+    ref = reference.with_data(**{n: new_values[n] for n in changed})
+    x = reference.initial_point_func(0) + 0.1
     rc, lp, grad = _logp(ref, x)
     rc2, lp2, grad2 = _logp(hit, x)
     assert rc == rc2 == 0 and lp2 == lp
     np.testing.assert_array_equal(grad2, grad)
     assert _logp(compiled[0], x)[1] != lp
-    # start vectors follow the data (centered cells start at their own trend), not those of the first data
-    np.testing.assert_array_equal(hit.initial_point_func(5), ref.initial_point_func(5))
+    # the start vectors are those PyMC gives for this model (stored per data, since they may depend on them)
+    meta = {"shape_info": hit.shape_info, "n_free_vars": len(other.free_RVs)}
+    want = cc._flat_initial_point_fn(cc._initial_point_fn(other, None, None), meta)(5)
+    np.testing.assert_array_equal(hit.initial_point_func(5), want)
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):
@@ -186,31 +228,36 @@ _CHILD = r"""
 import sys, warnings
 import numpy as np
 warnings.simplefilter("ignore")
-import forecaster as fc
+import nutpie
 from forecaster import compile_cache as cc
-data = fc.demo_data()
+from forecaster.data import summarize, validate
+from forecaster.model import build_model
+from forecaster.simulate import demo_data
+from forecaster.spec import load_spec
+data = validate(demo_data(), source="demo")
 data = data[data.task.isin(sorted(data.task.unique())[:2])]
-res = fc.fit(data, seed=4, draws=150, tune=150, chains=2)
-np.save(sys.argv[1], res.posterior["mu_cell"].values)
+compiled = cc.compile_nutpie(build_model(summarize(data), load_spec(None)), cache=sys.argv[2])
+trace = nutpie.sample(compiled, draws=100, tune=100, chains=2, cores=1, seed=4, progress_bar=False)
+np.save(sys.argv[1], trace.posterior["mu_cell"].values)
 print(cc.stats["hits"], cc.stats["misses"])
 """
 
 
 @pytest.mark.slow
-def test_first_and_later_process_give_the_same_draws(tmp_path):
-    """The process that fills the cache and a later one loading from it sample identically (same seed)."""
+def test_first_and_later_process_give_the_same_draws(compiled, cache_root, tmp_path):
+    """The process that compiled and filled the cache and a later process loading the code from it sample
+    identically (same seed). With numba's fastmath they once did not: the last bits of the log density
+    differed, and NUTS turned that into other chains."""
     import os
     import subprocess
 
-    env = dict(os.environ, FORECASTER_CACHE=str(tmp_path / "cache"))
-    counts = []
-    for i in (1, 2):
-        r = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / f"draws{i}.npy")], env=env,
-                           capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr[-2000:]
-        counts.append(r.stdout.split())
-    assert counts == [["0", "1"], ["1", "0"]]  # a miss, then a hit
-    np.testing.assert_array_equal(np.load(tmp_path / "draws1.npy"), np.load(tmp_path / "draws2.npy"))
+    first = compiled[0]
+    r = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "later.npy"), str(cache_root)],
+                       env=dict(os.environ), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["1", "0"]  # loaded from the cache, nothing compiled
+    here = nutpie.sample(first, draws=100, tune=100, chains=2, cores=1, seed=4, progress_bar=False)
+    np.testing.assert_array_equal(here.posterior["mu_cell"].values, np.load(tmp_path / "later.npy"))
 
 
 def test_model_digest_follows_data_and_spec(demo_table):
