@@ -10,6 +10,10 @@ and report the posterior of the compute at which a threshold is crossed.
 >>> fc.forecast(fit, metric="exact_match", threshold=0.5, budget=1e25).table  # doctest: +SKIP
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from .backtest import BacktestResult, backtest
 from .data import load_table as load_data
 from .data import validate
@@ -24,19 +28,43 @@ from .spec import load_spec
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def plot_forecast(*args, **kwargs):
-    """Figure of observed points, posterior bands, threshold and crossing density (see :mod:`forecaster.plotting`)."""
+
+def plot_forecast(
+    fit: FitResult,
+    task: str,
+    *,
+    family: str | None = None,
+    setting: str | None = None,
+    metric: str = "exact_match",
+    k: float | None = None,
+    n: int = 1,
+    threshold: float | None = None,
+    extend_decades: float = 3.0,
+) -> Figure:
+    """Figure of observed points, posterior bands, threshold and crossing density.
+
+    The same as :func:`forecaster.plotting.plot_forecast` (documented there parameter by parameter); this
+    wrapper imports matplotlib only when a plot is made, so ``import forecaster`` stays quick.
+    """
     from .plotting import plot_forecast as _plot
 
-    return _plot(*args, **kwargs)
+    return _plot(fit, task, family=family, setting=setting, metric=metric, k=k, n=n, threshold=threshold,
+                 extend_decades=extend_decades)
 
 
-def plot_setting_effects(*args, **kwargs):
-    """Forest plot of setting effects per task and pooled (see :mod:`forecaster.plotting`)."""
+def plot_setting_effects(effects: SettingEffects, *, decades: bool = True, sort: bool = True,
+                         max_decades: float = 6.0) -> Figure:
+    """Forest plot of setting effects per task and pooled.
+
+    The same as :func:`forecaster.plotting.plot_setting_effects` (documented there); this wrapper imports
+    matplotlib only when a plot is made.
+    """
     from .plotting import plot_setting_effects as _plot
 
-    return _plot(*args, **kwargs)
+    return _plot(effects, decades=decades, sort=sort, max_decades=max_decades)
 
 
 __all__ = [

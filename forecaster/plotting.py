@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from scipy.stats import beta as beta_dist
 
+from .effects import SettingEffects
 from .errors import QueryError
 from .fit import FitResult
 from .forecast import MAX_LOG10_COMPUTE, Forecast, forecast, latent, metric_curve, trend
@@ -408,7 +409,7 @@ def _forest_row(ax, y: float, v: np.ndarray, color: str, lim: tuple[float, float
             ax.plot([lim[0]], [y], "<", color=color, ms=5, clip_on=False)
 
 
-def plot_setting_effects(effects, *, decades: bool = True, sort: bool = True, max_decades: float = 6.0) -> Figure:
+def plot_setting_effects(effects: SettingEffects, *, decades: bool = True, sort: bool = True, max_decades: float = 6.0) -> Figure:
     """Forest plot of setting effects (see :func:`forecaster.effects.setting_effects`).
 
     One panel per non-reference setting: each task's change in the metric (setting minus reference, at the

@@ -144,3 +144,15 @@ def test_plot_crossing(small_fit, tmp_path):
     assert len(fig.axes[0].get_yticklabels()) == len(fc.table)
     fig.savefig(tmp_path / "crossing.png")
     assert (tmp_path / "crossing.png").stat().st_size > 1000
+
+
+def test_library_plot_functions_have_the_plotting_signatures():
+    """``fc.plot_forecast`` / ``fc.plot_setting_effects`` import matplotlib lazily but take exactly the
+    parameters (names, kinds, defaults, annotations) of the functions they call."""
+    import inspect
+
+    import forecaster as fc
+    from forecaster import plotting
+
+    for name in ("plot_forecast", "plot_setting_effects"):
+        assert inspect.signature(getattr(fc, name)) == inspect.signature(getattr(plotting, name)), name
