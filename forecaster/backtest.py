@@ -567,9 +567,11 @@ class BacktestResult:
     fold_scores : pandas.DataFrame
         ``scores`` per fold (one fold without ``folds``).
     splits : list of dict
-        What each fold fit and held out.
+        What each fold fit and held out. A ``fold`` value anywhere in the
+        result is the position of its split in this list (0-based, so
+        ``splits[fold]``); the split's ``label`` counts from 1 ("fold 1/4").
     diagnostics : dict
-        Convergence of each Bayesian fit: ``{fold: {method: {...}}}``.
+        Convergence of each Bayesian fit: ``{str(fold): {method: {...}}}``.
     notes : list of str
         What was skipped and why; untrusted fits.
     """
