@@ -17,9 +17,15 @@ from forecaster.model import build_model  # noqa: E402
 from forecaster.spec import load_spec  # noqa: E402
 
 
+def _forget_loaded_modules() -> None:
+    """A new process has no generated module loaded yet: simulate that."""
+    for name in [n for n in sys.modules if n.startswith("_forecaster_nutpie_")]:
+        del sys.modules[name]
+
+
 @pytest.fixture(scope="module")
 def small_model(demo_table):
-    """A small model (two tasks of the demo) so a cold compile stays quick."""
+    """The demo's model on two of its tasks: the real graph, which the equivalence tests need (~30 s to compile)."""
     tasks = sorted(demo_table.task.unique())[:2]
     return build_model(summarize(demo_table[demo_table.task.isin(tasks)]), load_spec(None))
 
@@ -37,9 +43,7 @@ def compiled(small_model, cache_root):
         before = dict(cc.stats)
         first = cc.compile_nutpie(small_model, cache=cache_root)
         assert cc.stats["misses"] == before["misses"] + 1
-        # a new process has no module loaded yet: simulate that
-        for name in [n for n in sys.modules if n.startswith("_forecaster_nutpie_")]:
-            del sys.modules[name]
+        _forget_loaded_modules()
         second = cc.compile_nutpie(small_model, cache=cache_root)
     return first, second, before
 
@@ -123,12 +127,6 @@ def toy_compiled(toy_model, tmp_path_factory):
         compiled = cc.compile_nutpie(toy_model, cache=root)
     assert cc.stats["misses"] == before["misses"] + 1
     return compiled, root
-
-
-def _forget_loaded_modules() -> None:
-    """A new process has no generated module loaded yet: simulate that."""
-    for name in [n for n in sys.modules if n.startswith("_forecaster_nutpie_")]:
-        del sys.modules[name]
 
 
 @pytest.mark.parametrize("damage", ["meta.pkl", "*.nbc"])
