@@ -295,26 +295,17 @@ def fit(
     )
     if sampler == "pymc":
         kwargs["cores"] = min(int(chains), os.cpu_count() or 1)
+    initvals, jitter_rvs = _spread_start(pm_model, len(cells.tasks))
     if sampler == "nutpie":
-        # Start every chain at a moderate item spread, unjittered: with aggregate CE and counts alone a
-        # spurious large-spread mode exists (it explains the CE away as sampling noise); chains jittered
-        # into it stayed there (simulated aggregate tasks: sigma_item 2.9 vs true 0.8, R-hat 1.8).
-        spread = {pm_model["sigma_item"]}
-        for name in ("item_persistence", "item_persistence_free"):
-            if name in pm_model.named_vars and pm_model[name] in pm_model.free_RVs:
-                spread.add(pm_model[name])
-        initvals = {"sigma_item": np.ones(len(cells.tasks))}
-        # ... and at a growing spread: a constant large spread is the same spurious mode for CE with accuracy
-        # (Pythia LAMBADA: a chain started near spread_slope 0 stayed at sigma_item ~3, R-hat 1.8)
-        for name in ("spread_slope", "spread_slope_free"):
-            if name in pm_model.named_vars and pm_model[name] in pm_model.free_RVs:
-                spread.add(pm_model[name])
-                # its length from its static shape, else one per task (dims): compiling the initial-point function
-                # just to read it cost 0.3 s
-                n = pm_model[name].type.shape[0]
-                initvals[name] = np.full(len(cells.tasks) if n is None else int(n), 0.15)
-        idata = _sample_nutpie(pm_model, initvals, set(pm_model.free_RVs) - spread, kwargs, model_digest(cells, spec))
+        idata = _sample_nutpie(pm_model, initvals, jitter_rvs, kwargs, model_digest(cells, spec))
     else:
+        # PyMC's and NumPyro's own start points jitter every variable (numpyro on the demo: one chain in the
+        # spurious mode, R-hat 1.53), so the chains get the start points nutpie's get: jittered except the spread
+        kwargs["initvals"] = _start_points(pm_model, initvals, jitter_rvs, int(seed), int(chains))
+        if sampler == "pymc":
+            kwargs["init"] = "adapt_diag"  # the start points above, not jittered again
+        else:
+            kwargs["nuts"] = {"jitter": False}
         with pm_model, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             idata = pm.sample(**kwargs)
@@ -336,6 +327,39 @@ def fit(
     )
     tree["forecaster"] = xr.DataTree(meta)
     return FitResult(tree=tree, data=table, spec=spec, cells=cells, diagnostics=diagnose(tree), options=options)
+
+
+def _spread_start(pm_model: pm.Model, n_tasks: int) -> tuple[dict, set]:
+    """Start values of the item spread (not jittered) and the variables to jitter, for every sampler."""
+    # Every chain starts at a moderate item spread, unjittered: with aggregate CE and counts
+    # alone a spurious large-spread mode exists (it explains the CE away as sampling noise); chains jittered
+    # into it stayed there (simulated aggregate tasks: sigma_item 2.9 vs true 0.8, R-hat 1.8).
+    spread = {pm_model["sigma_item"]}
+    for name in ("item_persistence", "item_persistence_free"):
+        if name in pm_model.named_vars and pm_model[name] in pm_model.free_RVs:
+            spread.add(pm_model[name])
+    initvals = {"sigma_item": np.ones(n_tasks)}
+    # ... and at a growing spread: a constant large spread is the same spurious mode for CE with accuracy
+    # (Pythia LAMBADA: a chain started near spread_slope 0 stayed at sigma_item ~3, R-hat 1.8)
+    for name in ("spread_slope", "spread_slope_free"):
+        if name in pm_model.named_vars and pm_model[name] in pm_model.free_RVs:
+            spread.add(pm_model[name])
+            # its length from its static shape, else one per task (dims): compiling the initial-point function
+            # just to read it cost 0.3 s
+            n = pm_model[name].type.shape[0]
+            initvals[name] = np.full(n_tasks if n is None else int(n), 0.15)
+    return initvals, set(pm_model.free_RVs) - spread
+
+
+def _start_points(pm_model: pm.Model, initvals: dict, jitter_rvs: set, seed: int, chains: int) -> list[dict]:
+    """One start point per chain (untransformed values by name): prior support points with ``initvals``
+    applied, ``jitter_rvs`` jittered by U(-1, 1) on the sampler's scale, seeded from ``seed``."""
+    from pymc.initial_point import make_initial_point_fn
+
+    point_fn = make_initial_point_fn(model=pm_model, overrides=initvals, jitter_rvs=jitter_rvs,
+                                     return_transformed=False)
+    seeds = np.random.default_rng([seed, 0x5EED]).integers(2**30, size=chains)
+    return [point_fn(int(s)) for s in seeds]
 
 
 def _sample_nutpie(pm_model: pm.Model, initvals: dict, jitter_rvs: set, kwargs: dict, inputs: str | None = None):
