@@ -210,13 +210,16 @@ def _write_table(df, fmt: str, output: Optional[Path], title: str, records=None)
 
         t = Table(title=title)
         for col in df.columns:
-            t.add_column(str(col).replace("log10_compute_", "log10 C ").replace("prob_", "P "), justify="right")
+            t.add_column(str(col).replace("log10_compute_", "log10 C ").replace("prob_", "P ").replace("_", " "),
+                         justify="right")
         for _, row in df.iterrows():
             cells = []
             for col, v in row.items():
                 if isinstance(v, float):
                     if math.isnan(v):  # a crossing beyond range; elsewhere (no --budget given) nothing to show
                         cells.append("not reached" if str(col).startswith("log10_compute_") else "–")
+                    elif col in ("k", "n") and float(v).is_integer():  # token and sample counts
+                        cells.append(str(int(v)))
                     else:
                         cells.append(f"{v:.3g}" if abs(v) < 1e-2 or abs(v) >= 1e4 else f"{v:.2f}")
                 else:
@@ -267,7 +270,8 @@ def forecast(
         fc = run_forecast(result, metric=metric, threshold=threshold, k=k, n=n, tasks=task or None,
                           families=family or None, settings=setting or None, budget=budget, at=at_vals,
                           quantiles=qs, tokens_per_param=tokens_per_param)
-        title = f"{metric} >= {threshold:g}" if metric != "edit_distance" else f"{metric} <= {threshold:g}"
+        name = f"pass@{n} (n = {n} samples)" if metric == "pass_at_n" else metric
+        title = f"{name} >= {threshold:g}" if metric != "edit_distance" else f"{name} <= {threshold:g}"
         if not result.diagnostics.trusted:
             typer.echo("warning: the fit's posterior did not converge cleanly (see 'forecaster summary'); "
                        "treat these numbers with caution", err=True)

@@ -206,6 +206,18 @@ def test_table_marks_unreached_crossings_but_not_a_missing_budget(capsys):
     assert out.count("not reached") == 1 and "–" in out and "0.25" in out
 
 
+def test_table_shows_counts_as_integers_and_names_pass_at_n(tiny_fit_file, capsys):
+    from forecaster.cli import _write_table
+
+    _write_table(pd.DataFrame([{"task": "t", "k": 5.0, "threshold": 0.5}, {"task": "u", "k": 2.5, "threshold": 0.5}]),
+                 "table", None, "title")
+    row5, row25 = [line for line in capsys.readouterr().out.splitlines() if " t " in line or " u " in line]
+    assert " 5 " in row5 and "5.00" not in row5 and "2.50" in row25
+    res = runner.invoke(app, ["forecast", str(tiny_fit_file), "--metric", "pass_at_n", "--n", "4", "--k", "3",
+                              "--threshold", "0.5", "--task", "qa-flat"])
+    assert res.exit_code == 0 and "pass@4 (n = 4 samples)" in res.stdout
+
+
 @pytest.mark.parametrize("sampler", ["pymc", "numpyro"])
 def test_other_samplers_start_where_nutpie_starts(demo_table, sampler, monkeypatch):
     """PyMC's and NumPyro's own start points jitter the item spread into its spurious large-spread mode (numpyro
