@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -180,20 +181,27 @@ def fit(
         _check_out(output, (".nc",))
         table = _load_inputs(data, from_format, compute_table, pool_single_compute, drop_unknown,
                              _reader_options(from_format, n_items, n_tokens))
+        t0 = time.perf_counter()
         result = run_fit(
             table, model=model, seed=seed, draws=draws, tune=tune, chains=chains, sampler=sampler,
             target_accept=target_accept, allow_single_compute=pool_single_compute,
-            progressbar=sys.stderr.isatty(),
+            progressbar=sys.stderr.isatty(), status=_notice,
         )
+        took = time.perf_counter() - t0
         save_fit(result, output)
         cells = result.cells
         typer.echo(f"fit {len(cells.tasks)} tasks, {len(cells.families)} families, {len(cells.settings)} settings, "
-                   f"{cells.n_cells} cells -> {output}", err=True)
+                   f"{cells.n_cells} cells in {took:.1f} s -> {output}", err=True)
         _print_diagnostics(result)
         if strict and not result.diagnostics.trusted:
             raise typer.Exit(1)
 
     _run(go)
+
+
+def _notice(text: str) -> None:
+    """A status line on stderr (e.g. before a long compile)."""
+    typer.echo(text, err=True)
 
 
 def _write_table(df, fmt: str, output: Optional[Path], title: str, records=None) -> None:
@@ -437,7 +445,7 @@ def demo(
             data.to_csv(tmp, index=False)
         typer.echo(f"demo data: {len(data)} rows, tasks {', '.join(sorted(data.task.unique()))} -> "
                    f"{output / 'demo-data.csv'}", err=True)
-        result = run_fit(data, seed=seed, progressbar=sys.stderr.isatty())
+        result = run_fit(data, seed=seed, progressbar=sys.stderr.isatty(), status=_notice)
         save_fit(result, output / "demo-fit.nc")
         _print_diagnostics(result)
         fc = run_forecast(result, metric="exact_match", threshold=0.5, families=[result.cells.families[0]],

@@ -46,6 +46,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -578,6 +579,7 @@ def compile_nutpie(
     jitter_rvs: set | None = None,
     cache: Path | str | None = None,
     inputs: str | None = None,
+    on_compile: Callable[[], None] | None = None,
 ) -> Any:
     """``nutpie.compile_pymc_model(pm_model, initial_points=..., jitter_rvs=...)``, cached across processes.
 
@@ -592,6 +594,9 @@ def compile_nutpie(
     inputs : str, optional
         Digest of what a pure builder made ``pm_model`` from (:func:`forecaster.model.model_digest`): names
         the data the stored start vectors belong to (default: a hash of the model's data arrays).
+    on_compile : callable, optional
+        Called once, without arguments, before the model is compiled (a cache miss, or a fallback); not on a
+        cache hit. The CLI uses it to say why the first fit of a design takes long.
 
     Returns
     -------
@@ -609,11 +614,23 @@ def compile_nutpie(
     import pytensor
 
     with pytensor.config.change_flags(numba__fastmath=False):
-        return _compile_nutpie(pm_model, initial_points, jitter_rvs, cache, inputs)
+        return _compile_nutpie(pm_model, initial_points, jitter_rvs, cache, inputs, _once(on_compile))
+
+
+def _once(fn: Callable[[], None] | None) -> Callable[[], None]:
+    """``fn`` called at most once (a compile that fails in the cache and falls back announces itself once)."""
+    done = []
+
+    def call() -> None:
+        if fn is not None and not done:
+            done.append(True)
+            fn()
+
+    return call
 
 
 def _compile_nutpie(pm_model: Any, initial_points: dict | None, jitter_rvs: set | None,
-                    cache: Path | str | None, inputs: str | None) -> Any:
+                    cache: Path | str | None, inputs: str | None, on_compile: Callable[[], None]) -> Any:
     import nutpie
 
     root = Path(cache).expanduser() if cache is not None else cache_dir()
@@ -631,12 +648,14 @@ def _compile_nutpie(pm_model: Any, initial_points: dict | None, jitter_rvs: set 
             if compiled is None:
                 root.mkdir(parents=True, exist_ok=True)
                 _prune(root, entry)
+                on_compile()
                 compiled = _compile_and_store(pm_model, entry, key, _initial_point_fn(pm_model, initial_points, jitter_rvs),
                                               settings)
             return compiled
         except Exception:  # noqa: BLE001 - any cache problem: compile the ordinary way
             pass
     stats["fallbacks"] += 1
+    on_compile()
     return nutpie.compile_pymc_model(pm_model, initial_points=initial_points, jitter_rvs=jitter_rvs)
 
 

@@ -11,6 +11,7 @@ import importlib.util
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,11 @@ from .spec import ModelSpec, load_spec
 __all__ = ["FitResult", "Diagnostics", "fit", "diagnose", "stuck_chains", "SAMPLERS", "STORED_COLUMNS"]
 
 SAMPLERS = ("nutpie", "pymc", "numpyro")
+
+#: What ``fit(status=...)`` hears before a compile (measured on 2 cores, demo: a first run ~95-120 s, a new
+#: design of a machine's later runs 22-33 s; a cache hit 0.5 s).
+COMPILE_NOTICE = ("compiling the model (the first fit of this design here: ~20-30 s, up to 2 min on a fresh install; "
+                  "cached for later fits)")
 #: Columns of the tidy table stored with a fit.
 STORED_COLUMNS = (
     "family", "model", "task", "setting", "kind", "item", "compute", "params", "tokens", "n_tokens", "logprob", "correct",
@@ -247,6 +253,7 @@ def fit(
     allow_single_compute: bool = False,
     progressbar: bool = False,
     c0: float | None = None,
+    status: Callable[[str], None] | None = None,
 ) -> FitResult:
     """Fit the hierarchical scaling model.
 
@@ -270,6 +277,9 @@ def fit(
         Show the sampler's progress bar.
     c0 : float, optional
         Centre of log10 compute (default: median over cells).
+    status : callable, optional
+        Receives a line of text when a step will take long: before the model is compiled for nutpie (the
+        first fit of a design on this machine; later fits load it from the compile cache).
 
     Returns
     -------
@@ -297,7 +307,7 @@ def fit(
         kwargs["cores"] = min(int(chains), os.cpu_count() or 1)
     initvals, jitter_rvs = _spread_start(pm_model, len(cells.tasks))
     if sampler == "nutpie":
-        idata = _sample_nutpie(pm_model, initvals, jitter_rvs, kwargs, model_digest(cells, spec))
+        idata = _sample_nutpie(pm_model, initvals, jitter_rvs, kwargs, model_digest(cells, spec), status)
     else:
         # PyMC's and NumPyro's own start points jitter every variable (numpyro on the demo: one chain in the
         # spurious mode, R-hat 1.53), so the chains get the start points nutpie's get: jittered except the spread
@@ -362,7 +372,8 @@ def _start_points(pm_model: pm.Model, initvals: dict, jitter_rvs: set, seed: int
     return [point_fn(int(s)) for s in seeds]
 
 
-def _sample_nutpie(pm_model: pm.Model, initvals: dict, jitter_rvs: set, kwargs: dict, inputs: str | None = None):
+def _sample_nutpie(pm_model: pm.Model, initvals: dict, jitter_rvs: set, kwargs: dict, inputs: str | None = None,
+                   status: Callable[[str], None] | None = None):
     """What ``pm.sample(nuts_sampler="nutpie", ...)`` does (same seeds, same draws), with a cached compile."""
     import nutpie
     from pymc.backends.arviz import patch_nutpie_idata
@@ -371,7 +382,8 @@ def _sample_nutpie(pm_model: pm.Model, initvals: dict, jitter_rvs: set, kwargs: 
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        compiled = compile_nutpie(pm_model, initial_points=initvals, jitter_rvs=jitter_rvs, inputs=inputs)
+        compiled = compile_nutpie(pm_model, initial_points=initvals, jitter_rvs=jitter_rvs, inputs=inputs,
+                                  on_compile=None if status is None else lambda: status(COMPILE_NOTICE))
         seed = int(np.random.default_rng(kwargs["random_seed"]).spawn(kwargs["chains"])[0].integers(2**30))
         t0 = time.time()
         idata = nutpie.sample(

@@ -41,10 +41,12 @@ def compiled(small_model, cache_root):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         before = dict(cc.stats)
-        first = cc.compile_nutpie(small_model, cache=cache_root)
+        notices = []
+        first = cc.compile_nutpie(small_model, cache=cache_root, on_compile=lambda: notices.append("first"))
         assert cc.stats["misses"] == before["misses"] + 1
         _forget_loaded_modules()
-        second = cc.compile_nutpie(small_model, cache=cache_root)
+        second = cc.compile_nutpie(small_model, cache=cache_root, on_compile=lambda: notices.append("second"))
+    before["notices"] = notices
     return first, second, before
 
 
@@ -66,6 +68,8 @@ def test_second_compile_hits_cache(compiled):
     assert cc.stats["fallbacks"] == before["fallbacks"]
     assert second.compiled_logp_func._cache_hits == 1
     assert second.n_dim == first.n_dim and second.shapes == first.shapes
+    # the compile announced itself (the CLI says why a first fit takes long); the cache hit did not
+    assert before["notices"] == ["first"]
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +165,10 @@ def test_unusable_cache_dir_falls_back(toy_model, toy_compiled, tmp_path):
     before = dict(cc.stats)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        c = cc.compile_nutpie(toy_model, cache=blocker)
+        notices = []
+        c = cc.compile_nutpie(toy_model, cache=blocker, on_compile=lambda: notices.append(1))
     assert cc.stats["fallbacks"] == before["fallbacks"] + 1
+    assert notices == [1]  # the fallback compile announces itself, once
     x = first.initial_point_func(0) + 0.1
     assert _logp(c, x)[:2] == _logp(first, x)[:2]
 

@@ -106,6 +106,25 @@ def test_cli_fit_strict_exit_code(tmp_path):
     assert res.exit_code == 1, res.output  # 20 draws cannot be trusted
     assert "WARNING" in res.stderr and "R-hat" in res.stderr
     assert out.exists()  # the fit is still written; --strict only sets the exit code
+    assert " s -> " in res.stderr  # the fit's wall time
+
+
+def test_cli_fit_announces_a_compile(tmp_path, monkeypatch):
+    """Before a compile (a cache miss) `fit` says why the first fit of a design takes long."""
+    import forecaster.compile_cache as cc
+    from forecaster.fit import COMPILE_NOTICE
+
+    def fake_compile(pm_model, *, on_compile=None, **kwargs):
+        on_compile()
+        raise fc.ForecasterError("stop after the notice")
+
+    monkeypatch.setattr(cc, "compile_nutpie", fake_compile)
+    src = tmp_path / "demo.csv"
+    fc.demo_data().to_csv(src, index=False)
+    out = tmp_path / "fit.nc"
+    res = runner.invoke(app, ["fit", str(src), "-o", str(out)])
+    assert res.exit_code == 2 and COMPILE_NOTICE in res.stderr and "stop after the notice" in res.stderr
+    assert not out.exists()
 
 
 @pytest.mark.slow
