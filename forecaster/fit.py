@@ -24,7 +24,7 @@ import xarray as xr
 from .convergence import rhat_ess
 from .data import CellData, load_table, summarize, validate
 from .errors import ForecasterError
-from .model import build_model, choose_parametrization, model_digest, setting_population_draws
+from .model import build_model, choose_parametrization, model_digest, setting_population_draws, slope_centering
 from .spec import ModelSpec, load_spec
 
 __all__ = ["FitResult", "Diagnostics", "fit", "diagnose", "stuck_chains", "SAMPLERS", "STORED_COLUMNS"]
@@ -325,10 +325,18 @@ def fit(
     if extra:  # the pooled setting shifts, integrated out of the sampled model, drawn from their conditional
         tree["posterior"] = xr.DataTree(post.assign(extra))
     centered_task, _ = choose_parametrization(cells, spec)
+    centered_slope = slope_centering(cells, spec, centered_task)
+
+    def _which(mask: np.ndarray) -> str:
+        return "centered" if mask.all() else "noncentered" if not mask.any() else f"centered for {mask.sum()} of {len(mask)}"
+
+    parametrization = _which(centered_task)
+    if not np.array_equal(centered_slope, centered_task):
+        parametrization = f"intercepts {parametrization}, slopes {_which(centered_slope)}"
     options = dict(
         seed=int(seed), draws=int(draws), tune=int(tune), chains=int(chains), sampler=sampler,
         target_accept=float(target_accept), allow_single_compute=bool(allow_single_compute),
-        parametrization="centered" if centered_task.all() else "noncentered",
+        parametrization=parametrization,
     )
     meta = _to_dataset(table)
     meta.attrs.update(

@@ -37,6 +37,9 @@ STRUCTURE_DEFAULTS: dict[str, Any] = {
     "parametrization": "auto",
     "auto_centered_min_levels": 4,
     "auto_centered_min_items": 1000,
+    # In auto, task slopes centered only where the data pin them tighter than this share of the slopes' spread
+    # across tasks (forecaster.model.slope_centering); false (older specs): the slopes follow the intercepts.
+    "auto_slope_se_ratio": False,
     "family_effects": True,
     "setting_effects": True,
     "cell_deviation": True,
@@ -142,6 +145,11 @@ def _parse(text: str, where: str) -> ModelSpec:
         if key in _CHOICES and (val not in _CHOICES[key] or (isinstance(val, int) and not isinstance(val, bool))):
             raise SpecError(f"{where}: [structure] {key} = {val!r}; choose one of {sorted(_CHOICES[key], key=str)}")
         default = STRUCTURE_DEFAULTS[key]
+        if key == "auto_slope_se_ratio":
+            if val is not False and (isinstance(val, bool) or not isinstance(val, (int, float)) or not val > 0):
+                raise SpecError(f"{where}: [structure] {key} = {val!r}; give a number > 0 (e.g. 0.5), or false")
+            structure[key] = val
+            continue
         if key not in _CHOICES and isinstance(default, bool) and not isinstance(val, bool):
             raise SpecError(f"{where}: [structure] {key} = {val!r}; write true or false")
         if key not in _CHOICES and isinstance(default, int) and not isinstance(default, bool) and (

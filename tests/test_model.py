@@ -68,8 +68,45 @@ def test_parametrization_by_data(demo_table):
     assert "a_z" in {v.name for v in m.free_RVs}
 
 
+def _slope_scenario(n_items: int, slopes=(-0.3, -0.4, -0.5, -0.35), sigma_cell: float = 0.1):
+    tasks = [TaskTruth(f"t{i}", a=0.2 * i, b=b, kind="item") for i, b in enumerate(slopes)]
+    return summarize(validate(simulate(tasks, n_items=n_items, seed=1, sigma_cell=sigma_cell).data))
+
+
+def test_slope_estimates_recover_the_simulated_slopes():
+    from forecaster.model import task_slope_estimates
+
+    cells = _slope_scenario(5000)
+    slope, se = task_slope_estimates(cells)
+    assert np.all(np.abs(slope - np.array([-0.3, -0.4, -0.5, -0.35])) < 4 * se + 0.05)
+    # fewer items per cell: noisier cell means, larger standard errors
+    assert np.median(task_slope_estimates(_slope_scenario(50))[1]) > np.median(se)
+
+
+def test_slopes_centered_only_where_the_data_pin_them(demo_table):
+    """Slopes the data barely resolve against their spread across tasks are non-centered (a funnel at small
+    sigma_b otherwise); the demo's, pinned ~6x tighter than they spread, stay centered."""
+    from forecaster.model import slope_centering
+
+    spec = load_spec()
+    assert slope_centering(summarize(demo_table), spec).all()
+    assert slope_centering(_slope_scenario(5000), spec).all()
+    few_items = _slope_scenario(50)
+    assert not slope_centering(few_items, spec).any()
+    assert not slope_centering(_slope_scenario(500, slopes=(-0.4,) * 4, sigma_cell=0.0), spec).any()  # no spread
+    m = build_model(few_items, spec)
+    names = {v.name for v in m.free_RVs}
+    assert "b_z" in names and "a" in names and "b" not in names  # intercepts stay centered
+    # off: the slopes follow the intercepts (older specs), and an explicit choice applies to both
+    off = dataclasses.replace(spec, structure={**spec.structure, "auto_slope_se_ratio": False})
+    assert slope_centering(few_items, off).all()
+    fixed = dataclasses.replace(spec, structure={**spec.structure, "parametrization": "centered"})
+    assert slope_centering(few_items, fixed).all()
+
+
 @pytest.mark.parametrize("edit,expect", [
     ("[structure]\nparametrization = \"sideways\"", "choose one of"),
+    ("[structure]\nauto_slope_se_ratio = -1", "give a number > 0"),
     ("DEFAULT:mu_a = { dist = \"NoSuchDist\" }", "unknown distribution"),
     ("DEFAULT:mu_a = { dist = \"Normal\", mean = 0 }", "bad parameters"),
     ("[priors]\nmu_a = { dist = \"Normal\", mu = 0, sigma = 1 }", "lacks 'sigma_a'"),
