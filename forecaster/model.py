@@ -35,7 +35,7 @@ from .errors import SpecError
 from .spec import ModelSpec
 
 __all__ = ["additive_trend", "build_model", "choose_parametrization", "floor_tasks", "model_coords",
-           "slope_centering", "task_slope_estimates",
+           "cell_noise_and_spread", "slope_centering", "task_slope_estimates",
            "model_deviation_index", "model_digest", "params_tokens_offsets", "setting_population_draws",
            "use_allocation"]
 
@@ -66,8 +66,50 @@ def choose_parametrization(cells: CellData, spec: ModelSpec) -> tuple[np.ndarray
         levels = [len(np.unique(np.round(cells.cell_x[cells.cell_task == t], 6))) for t in range(n_task)]
         choice = "centered" if np.median(levels) >= spec.structure["auto_centered_min_levels"] else "noncentered"
         n_obs = np.maximum(cells.item_n, np.where(np.isfinite(cells.ce_obs), cells.ce_n, 0))
-        return np.full(n_task, choice == "centered"), n_obs >= spec.structure["auto_centered_min_items"]
+        centered_cell = n_obs >= spec.structure["auto_centered_min_items"]
+        ratio = spec.structure.get("auto_cell_se_ratio", False)
+        if ratio is not False:
+            se, spread = cell_noise_and_spread(cells)
+            if np.isfinite(spread):
+                per_item = np.isfinite(se)
+                centered_cell[per_item] = se[per_item] < float(ratio) * spread
+        return np.full(n_task, choice == "centered"), centered_cell
     return np.full(n_task, choice == "centered"), np.full(cells.n_cells, choice == "centered")
+
+
+def cell_noise_and_spread(cells: CellData) -> tuple[np.ndarray, float]:
+    """Standard error of each per-item cell's mean log CE (NaN for other cells) and an estimate of the cells'
+    spread around their trends (``sigma_cell``; NaN when no task has three compute levels of per-item data).
+
+    A cell's standard error is the item-by-model residual sd of its balanced item group (items shared by the
+    group's models: their persistent difficulty is common to all its cells and cancels), else the sd of its
+    items' log CE, over the square root of its item count. The spread: per task, the residual variance of the
+    least-squares line of the per-item cells' mean log CE on log10 compute (with family and setting offsets)
+    less the cells' mean squared standard error, averaged over tasks, floored at 0.
+    """
+    se2 = np.full(cells.n_cells, np.nan)
+    per = cells.item_n > 0
+    se2[per] = cells.item_ss[per] / cells.item_n[per] ** 2
+    if len(cells.cell_group) == cells.n_cells and len(cells.group_ss_res):
+        bal = per & (cells.cell_group >= 0)
+        resid_var = np.asarray(cells.group_ss_res, float) / np.maximum(np.asarray(cells.group_df_res, float), 1.0)
+        se2[bal] = resid_var[cells.cell_group[bal]] / cells.item_n[bal]
+    excess = []
+    for j in range(len(cells.tasks)):
+        m = per & (cells.cell_task == j)
+        if len(np.unique(np.round(cells.cell_x[m], 6))) < 3:
+            continue
+        cols = [cells.cell_x[m] - cells.c0, np.ones(m.sum())]
+        for arr in (cells.cell_family, cells.cell_setting):
+            cols += [(arr[m] == lvl).astype(float) for lvl in np.unique(arr[m])[1:]]
+        X = np.column_stack(cols)
+        dof = int(m.sum()) - X.shape[1]
+        if dof < 1 or np.linalg.matrix_rank(X) < X.shape[1]:
+            continue
+        beta = np.linalg.lstsq(X, cells.item_mean[m], rcond=None)[0]
+        excess.append(float(((cells.item_mean[m] - X @ beta) ** 2).sum()) / dof - float(np.mean(se2[m])))
+    spread = float(np.sqrt(max(np.mean(excess), 0.0))) if excess else float("nan")
+    return np.sqrt(se2), spread
 
 
 def slope_centering(cells: CellData, spec: ModelSpec, centered_task: np.ndarray | None = None) -> np.ndarray:

@@ -40,6 +40,10 @@ STRUCTURE_DEFAULTS: dict[str, Any] = {
     # In auto, task slopes centered only where the data pin them tighter than this share of the slopes' spread
     # across tasks (forecaster.model.slope_centering); false (older specs): the slopes follow the intercepts.
     "auto_slope_se_ratio": False,
+    # In auto, a cell with per-item data centered only where its mean is pinned tighter than this share of the
+    # cells' spread around their trends (forecaster.model.cell_noise_and_spread); false (older specs): by
+    # auto_centered_min_items.
+    "auto_cell_se_ratio": False,
     "family_effects": True,
     "setting_effects": True,
     "cell_deviation": True,
@@ -145,7 +149,7 @@ def _parse(text: str, where: str) -> ModelSpec:
         if key in _CHOICES and (val not in _CHOICES[key] or (isinstance(val, int) and not isinstance(val, bool))):
             raise SpecError(f"{where}: [structure] {key} = {val!r}; choose one of {sorted(_CHOICES[key], key=str)}")
         default = STRUCTURE_DEFAULTS[key]
-        if key == "auto_slope_se_ratio":
+        if key in ("auto_slope_se_ratio", "auto_cell_se_ratio"):
             if val is not False and (isinstance(val, bool) or not isinstance(val, (int, float)) or not val > 0):
                 raise SpecError(f"{where}: [structure] {key} = {val!r}; give a number > 0 (e.g. 0.5), or false")
             structure[key] = val

@@ -104,8 +104,28 @@ def test_slopes_centered_only_where_the_data_pin_them(demo_table):
     assert slope_centering(few_items, fixed).all()
 
 
+def test_cells_centered_where_their_items_pin_them(demo_table):
+    """A per-item cell is centered when its mean's standard error is below half the cells' spread around the
+    trend (estimated from the data), not by a fixed item count."""
+    from forecaster.model import cell_noise_and_spread
+
+    spec = load_spec()
+    se50, spread50 = cell_noise_and_spread(_slope_scenario(50))
+    se500, spread500 = cell_noise_and_spread(_slope_scenario(500))
+    assert 0.05 < spread500 < 0.2 and 0.05 < spread50 < 0.2  # the simulated sigma_cell is 0.1
+    assert np.median(se50) / np.median(se500) == pytest.approx(np.sqrt(10), rel=0.25)
+    assert not choose_parametrization(_slope_scenario(50), spec)[1].any()
+    assert choose_parametrization(_slope_scenario(500), spec)[1].all()  # 500 < auto_centered_min_items
+    assert not choose_parametrization(summarize(demo_table), spec)[1].any()  # 60 items, a cell spread ~0.03
+    no_spread = _slope_scenario(500, slopes=(-0.4,) * 4, sigma_cell=0.0)
+    assert not choose_parametrization(no_spread, spec)[1].any()
+    off = dataclasses.replace(spec, structure={**spec.structure, "auto_cell_se_ratio": False})
+    assert not choose_parametrization(_slope_scenario(500), off)[1].any()  # by item count: 500 < 1000
+
+
 @pytest.mark.parametrize("edit,expect", [
     ("[structure]\nparametrization = \"sideways\"", "choose one of"),
+    ("[structure]\nauto_cell_se_ratio = \"half\"", "give a number > 0"),
     ("[structure]\nauto_slope_se_ratio = -1", "give a number > 0"),
     ("DEFAULT:mu_a = { dist = \"NoSuchDist\" }", "unknown distribution"),
     ("DEFAULT:mu_a = { dist = \"Normal\", mean = 0 }", "bad parameters"),
