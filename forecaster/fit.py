@@ -328,7 +328,9 @@ def fit(
     centered_slope = slope_centering(cells, spec, centered_task)
 
     def _which(mask: np.ndarray) -> str:
-        return "centered" if mask.all() else "noncentered" if not mask.any() else f"centered for {mask.sum()} of {len(mask)}"
+        if mask.all() or not mask.any():
+            return "centered" if mask.all() else "noncentered"
+        return f"centered for {mask.sum()} of {len(mask)}"
 
     parametrization = _which(centered_task)
     if not np.array_equal(centered_slope, centered_task):

@@ -77,6 +77,28 @@ def choose_parametrization(cells: CellData, spec: ModelSpec) -> tuple[np.ndarray
     return np.full(n_task, choice == "centered"), np.full(cells.n_cells, choice == "centered")
 
 
+def _trend_fit(cells: CellData, m: np.ndarray, y: np.ndarray,
+               with_u: bool = False) -> tuple[np.ndarray, float, float] | None:
+    """Least-squares line of ``y`` on log10 compute over the cells ``m`` (one task), with family and setting
+    offsets and, when ``with_u`` and the cells vary in it, log10 params/tokens: ``(coefficients, residual
+    variance, variance factor of the slope)``, or None with fewer than three compute levels or no residual
+    degrees of freedom."""
+    if len(np.unique(np.round(cells.cell_x[m], 6))) < 3:
+        return None
+    cols = [cells.cell_x[m] - cells.c0, np.ones(m.sum())]
+    for arr in (cells.cell_family, cells.cell_setting):
+        cols += [(arr[m] == lvl).astype(float) for lvl in np.unique(arr[m])[1:]]
+    if with_u and len(cells.cell_u) == cells.n_cells and np.isfinite(cells.cell_u[m]).all() \
+            and np.ptp(cells.cell_u[m]) > 1e-9:
+        cols.append(cells.cell_u[m])
+    X = np.column_stack(cols)
+    dof = int(m.sum()) - X.shape[1]
+    if dof < 1 or np.linalg.matrix_rank(X) < X.shape[1]:
+        return None
+    beta = np.linalg.lstsq(X, y[m], rcond=None)[0]
+    return beta, float(((y[m] - X @ beta) ** 2).sum()) / dof, float(np.linalg.inv(X.T @ X)[0, 0])
+
+
 def cell_noise_and_spread(cells: CellData) -> tuple[np.ndarray, float]:
     """Standard error of each per-item cell's mean log CE (NaN for other cells) and an estimate of the cells'
     spread around their trends (``sigma_cell``; NaN when no task has three compute levels of per-item data).
@@ -97,17 +119,9 @@ def cell_noise_and_spread(cells: CellData) -> tuple[np.ndarray, float]:
     excess = []
     for j in range(len(cells.tasks)):
         m = per & (cells.cell_task == j)
-        if len(np.unique(np.round(cells.cell_x[m], 6))) < 3:
-            continue
-        cols = [cells.cell_x[m] - cells.c0, np.ones(m.sum())]
-        for arr in (cells.cell_family, cells.cell_setting):
-            cols += [(arr[m] == lvl).astype(float) for lvl in np.unique(arr[m])[1:]]
-        X = np.column_stack(cols)
-        dof = int(m.sum()) - X.shape[1]
-        if dof < 1 or np.linalg.matrix_rank(X) < X.shape[1]:
-            continue
-        beta = np.linalg.lstsq(X, cells.item_mean[m], rcond=None)[0]
-        excess.append(float(((cells.item_mean[m] - X @ beta) ** 2).sum()) / dof - float(np.mean(se2[m])))
+        fitted = _trend_fit(cells, m, cells.item_mean)
+        if fitted is not None:
+            excess.append(fitted[1] - float(np.mean(se2[m])))
     spread = float(np.sqrt(max(np.mean(excess), 0.0))) if excess else float("nan")
     return np.sqrt(se2), spread
 
@@ -127,8 +141,8 @@ def slope_centering(cells: CellData, spec: ModelSpec, centered_task: np.ndarray 
     Measured (4 tasks x 6 models of per-item data, slopes -0.3 to -0.5, cell deviations 0.1; 4 chains x 1000,
     seeds 1-2): with 50 items a cell centered slopes gave 99 / 61 divergences (the funnel of ``sigma_b``,
     whose truth 0.085 the data barely resolve), non-centered slopes 1 / 0 with ESS 801 / 758 (se / spread
-    0.6-2.3); with 500 items 40 / 33 against 3 / 8 (0.6-1.2); with 5000 items, where the cells are centered,
-    centered slopes were better (no divergences, ESS 1645 against 650; 0.05-0.4). The demo (0.14-0.16)
+    0.6-2.3); with 500 items (cells centered, :func:`cell_noise_and_spread`) 253 / 37 against 2 / 1 (0.6-1.2);
+    with 5000 items centered slopes were better (no divergences, ESS 1645 against 650; 0.05-0.4). The demo (0.14-0.16)
     keeps centered slopes; with them non-centered it mixed worse (R-hat up to 1.045, ESS 158-332).
     """
     if centered_task is None:
@@ -162,24 +176,11 @@ def task_slope_estimates(cells: CellData) -> tuple[np.ndarray, np.ndarray]:
     slope, se = np.full(n_task, np.nan), np.full(n_task, np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         y = np.where(cells.item_n > 0, cells.item_mean, np.log(cells.ce_obs))
-    has_u = len(cells.cell_u) == cells.n_cells
     for j in range(n_task):
-        m = np.isfinite(y) & (cells.cell_task == j)
-        if len(np.unique(np.round(cells.cell_x[m], 6))) < 3:
-            continue
-        cols = [cells.cell_x[m] - cells.c0, np.ones(m.sum())]
-        for arr in (cells.cell_family, cells.cell_setting):
-            cols += [(arr[m] == lvl).astype(float) for lvl in np.unique(arr[m])[1:]]
-        if has_u and np.isfinite(cells.cell_u[m]).all() and np.ptp(cells.cell_u[m]) > 1e-9:
-            cols.append(cells.cell_u[m])
-        X = np.column_stack(cols)
-        dof = int(m.sum()) - X.shape[1]
-        if dof < 1 or np.linalg.matrix_rank(X) < X.shape[1]:
-            continue
-        beta = np.linalg.lstsq(X, y[m], rcond=None)[0]
-        s2 = float(((y[m] - X @ beta) ** 2).sum()) / dof
-        slope[j] = beta[0]
-        se[j] = np.sqrt(max(s2, 1e-12) * np.linalg.inv(X.T @ X)[0, 0])
+        fitted = _trend_fit(cells, np.isfinite(y) & (cells.cell_task == j), y, with_u=True)
+        if fitted is not None:
+            beta, s2, factor = fitted
+            slope[j], se[j] = beta[0], np.sqrt(max(s2, 1e-12) * factor)
     return slope, se
 
 
