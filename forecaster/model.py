@@ -105,13 +105,14 @@ def cell_noise_and_spread(cells: CellData) -> tuple[np.ndarray, float]:
 
     A cell's standard error is the item-by-model residual sd of its balanced item group (items shared by the
     group's models: their persistent difficulty is common to all its cells and cancels), else the sd of its
-    items' log CE, over the square root of its item count. The spread: per task, the residual variance of the
+    items' log CE, over the square root of its item count (NaN for a cell of one item). The spread: per task, the residual variance of the
     least-squares line of the per-item cells' mean log CE on log10 compute (with family and setting offsets)
     less the cells' mean squared standard error, averaged over tasks, floored at 0.
     """
     se2 = np.full(cells.n_cells, np.nan)
     per = cells.item_n > 0
-    se2[per] = cells.item_ss[per] / cells.item_n[per] ** 2
+    several = cells.item_n >= 2  # one item tells nothing of its cell's noise
+    se2[several] = cells.item_ss[several] / (cells.item_n[several] - 1) / cells.item_n[several]
     if len(cells.cell_group) == cells.n_cells and len(cells.group_ss_res):
         bal = per & (cells.cell_group >= 0)
         resid_var = np.asarray(cells.group_ss_res, float) / np.maximum(np.asarray(cells.group_df_res, float), 1.0)
@@ -120,8 +121,8 @@ def cell_noise_and_spread(cells: CellData) -> tuple[np.ndarray, float]:
     for j in range(len(cells.tasks)):
         m = per & (cells.cell_task == j)
         fitted = _trend_fit(cells, m, cells.item_mean)
-        if fitted is not None:
-            excess.append(fitted[1] - float(np.mean(se2[m])))
+        if fitted is not None and np.isfinite(se2[m]).any():
+            excess.append(fitted[1] - float(np.nanmean(se2[m])))
     spread = float(np.sqrt(max(np.mean(excess), 0.0))) if excess else float("nan")
     return np.sqrt(se2), spread
 

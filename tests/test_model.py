@@ -117,6 +117,8 @@ def test_cells_centered_where_their_items_pin_them(demo_table):
     assert not choose_parametrization(_slope_scenario(50), spec)[1].any()
     assert choose_parametrization(_slope_scenario(500), spec)[1].all()  # 500 < auto_centered_min_items
     assert not choose_parametrization(summarize(demo_table), spec)[1].any()  # 60 items, a cell spread ~0.03
+    one_item = _slope_scenario(1)  # one item a cell: its noise is unknown, not zero
+    assert np.isnan(cell_noise_and_spread(one_item)[0]).all() and not choose_parametrization(one_item, spec)[1].any()
     no_spread = _slope_scenario(500, slopes=(-0.4,) * 4, sigma_cell=0.0)
     assert not choose_parametrization(no_spread, spec)[1].any()
     off = dataclasses.replace(spec, structure={**spec.structure, "auto_cell_se_ratio": False})
