@@ -115,7 +115,7 @@ def test_cells_centered_where_their_items_pin_them(demo_table):
     assert 0.05 < spread500 < 0.2 and 0.05 < spread50 < 0.2  # the simulated sigma_cell is 0.1
     assert np.median(se50) / np.median(se500) == pytest.approx(np.sqrt(10), rel=0.25)
     assert not choose_parametrization(_slope_scenario(50), spec)[1].any()
-    assert choose_parametrization(_slope_scenario(500), spec)[1].all()  # 500 < auto_centered_min_items
+    assert choose_parametrization(_slope_scenario(500), spec)[1].all()  # though 500 < auto_centered_min_items
     assert not choose_parametrization(summarize(demo_table), spec)[1].any()  # 60 items, a cell spread ~0.03
     one_item = _slope_scenario(1)  # one item a cell: its noise is unknown, not zero
     assert np.isnan(cell_noise_and_spread(one_item)[0]).all() and not choose_parametrization(one_item, spec)[1].any()
