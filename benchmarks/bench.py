@@ -99,6 +99,8 @@ def main() -> None:
     ap.add_argument("--only-scaling", action="store_true", help="time only the fits as items per cell grow")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fc-bench-"))
+    import forecaster as fc  # the fits themselves run in fresh processes; this one loads, forecasts and scales
+
     try:
         if not args.only_scaling:
             print(f"demo fit (4 chains x {args.draws} draws + {args.tune} tune, fresh process each, "
@@ -123,8 +125,6 @@ def main() -> None:
                 times = sorted(r["fit_s"] for r in warm)
                 print(f"    warm fit times: {', '.join(f'{t:.2f}' for t in times)} s (median {np.median(times):.2f} s)")
 
-            import forecaster as fc
-
             t0 = time.perf_counter()
             res = fc.load_fit(tmp / "fit.nc")
             t_load = time.perf_counter() - t0
@@ -137,7 +137,6 @@ def main() -> None:
                   f"{res.diagnostics.n_samples} draws x {len(res.cells.tasks)} tasks)")
 
         if args.scaling or args.only_scaling:
-            import forecaster as fc
             import forecaster.compile_cache as cc
             from forecaster.simulate import TaskTruth, simulate
 
@@ -146,7 +145,8 @@ def main() -> None:
             for n_items in (50, 500, 5000):
                 # slopes that differ by task and cells that deviate from the trend (a truth with neither sits
                 # at the funnel's neck: 41 divergences at 500 items/cell, 161 leapfrog steps at 5000)
-                tasks = [TaskTruth(f"t{i}", a=0.2 * i, b=b, kind="item") for i, b in enumerate((-0.3, -0.4, -0.5, -0.35))]
+                tasks = [TaskTruth(f"t{i}", a=0.2 * i, b=b, kind="item")
+                         for i, b in enumerate((-0.3, -0.4, -0.5, -0.35))]
                 sc = simulate(tasks, n_items=n_items, seed=1, sigma_cell=0.1)
                 t0 = time.perf_counter()
                 table = fc.validate(sc.data)

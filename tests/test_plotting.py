@@ -149,11 +149,8 @@ def test_plot_crossing(small_fit, tmp_path):
 def test_library_plot_functions_have_the_plotting_signatures():
     """``fc.plot_forecast`` / ``fc.plot_setting_effects`` are the plotting functions themselves (no wrapper
     with its own, drifting parameters): same parameters, defaults, annotations and docstrings."""
-    import inspect
-
     import forecaster as fc
     from forecaster import plotting
 
     for name in ("plot_forecast", "plot_setting_effects"):
         assert getattr(fc, name) is getattr(plotting, name), name
-        assert inspect.signature(getattr(fc, name)) == inspect.signature(getattr(plotting, name)), name
