@@ -247,8 +247,9 @@ def _check_rows(df: pd.DataFrame, *, source: str) -> pd.DataFrame:
         is_item = pd.Series(False, index=df.index)
     is_agg = ~is_item
     df["kind"] = np.where(is_item, "item", "aggregate")
-    if is_item.any():
-        df.loc[is_item, "item"] = df.loc[is_item, "item"].astype(str).str.strip()
+    if "item" in df.columns:  # item ids as text (numeric ids too), empty for aggregate rows
+        df["item"] = df["item"].astype(object).where(is_item, None).map(
+            lambda v: None if v is None else str(v).strip())
 
     # answer length, for both kinds
     _require_present(df, "n_tokens", everything, source, "answer length in tokens, needed for every row")
