@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -59,9 +60,26 @@ def _run(fn):
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
-    except Exception as exc:  # never a traceback for the user; say what broke
+    except Exception as exc:  # a traceback only when asked for (--debug); otherwise one line that says how
+        if _debug():
+            import traceback
+
+            traceback.print_exc()
         first = str(exc).splitlines()[0] if str(exc) else ""
-        _fail(f"unexpected {type(exc).__name__}: {first} (please report this)", 1)
+        hint = "" if _debug() else "; run again with --debug for the traceback"
+        _fail(f"unexpected {type(exc).__name__}: {first} (please report this{hint})", 1)
+
+
+def _debug() -> bool:
+    return os.environ.get("FORECASTER_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option(
+        "--debug", help="Print the traceback of an unexpected error (also FORECASTER_DEBUG=1).")] = False) -> None:
+    """Bayesian scaling forecaster: when will a language-model capability cross a threshold?"""
+    if debug:
+        os.environ["FORECASTER_DEBUG"] = "1"
 
 
 def _floats(text: Optional[str], what: str, example: str = "1e23,1e24") -> Optional[list[float]]:
@@ -96,7 +114,7 @@ def _check_out(path: Path, suffixes: tuple[str, ...] | None = None) -> None:
 def _print_diagnostics(result) -> None:
     from rich.console import Console
 
-    con = Console(stderr=True, highlight=False)
+    con = Console(stderr=True, highlight=False, soft_wrap=True)  # one message, one line
     d = result.diagnostics
     con.print(f"convergence: {'; '.join(d.lines())}")
     for note in d.notes:
@@ -615,6 +633,14 @@ def import_cmd(
     _run(go)
 
 
+def _hoist_debug(args: list[str]) -> list[str]:
+    """``--debug`` is accepted anywhere before ``--`` (``forecaster fit x.csv --debug``), as the global option."""
+    cut = args.index("--") if "--" in args else len(args)
+    if "--debug" not in args[:cut]:
+        return args
+    return ["--debug"] + [a for i, a in enumerate(args) if not (a == "--debug" and i < cut)]
+
+
 def main() -> None:
     """Entry point: usage errors (a bad option value, a missing argument) as one line and exit code 2."""
     from typer import Abort
@@ -625,7 +651,7 @@ def main() -> None:
         from click.exceptions import UsageError
 
     try:
-        rc = app(standalone_mode=False)
+        rc = app(args=_hoist_debug(sys.argv[1:]), standalone_mode=False)
     except UsageError as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # no arguments: the help text
             exc.show()

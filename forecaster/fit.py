@@ -69,7 +69,8 @@ class Diagnostics:
 
     def lines(self) -> list[str]:
         return [
-            f"max R-hat {self.max_rhat:.3f} ({self.worst_rhat_var})",
+            f"max R-hat {self.max_rhat:.3f} ({self.worst_rhat_var})" if np.isfinite(self.max_rhat)
+            else "R-hat n/a (one chain)",
             f"min ESS bulk {self.min_ess_bulk:.0f}, tail {self.min_ess_tail:.0f} of {self.n_samples} draws",
             f"divergences {self.divergences}",
         ]
@@ -107,7 +108,7 @@ def diagnose(tree: xr.DataTree) -> Diagnostics:
     msgs = []
     if n_chains < 2:
         msgs.append("only one chain: R-hat cannot detect non-convergence; run at least 2 chains")
-    if not (max_rhat <= RHAT_MAX):
+    if n_chains >= 2 and not (max_rhat <= RHAT_MAX):
         msgs.append(f"R-hat {max_rhat:.3f} > {RHAT_MAX} for '{worst_var}': chains disagree; run longer (--tune, --draws)")
     if not (min_b >= ESS_MIN and min_t >= ESS_MIN):
         msgs.append(
