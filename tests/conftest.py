@@ -18,7 +18,7 @@ def _private_compile_cache(tmp_path_factory):
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent
-    (base / "compile-cache").mkdir(exist_ok=True)
+    (base / "compile-cache").mkdir(mode=0o700, exist_ok=True)  # the cache refuses folders others can write
     os.environ["FORECASTER_CACHE"] = str(base / "compile-cache")
     yield
     if old is None:
