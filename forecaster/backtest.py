@@ -26,18 +26,13 @@ trained, how good would its forecasts have been?". It
 2. **predicts** each held-out (model, task, setting) cell that has
    exact-match counts, with every method in ``methods``:
 
-   * ``forecaster``: the hierarchical model (``model``, default spec). Per
-     posterior draw, the latent log CE of a *new* cell is the trend
-     ``a + a_family + da + (b + db)(x - c0)`` plus a fresh deviation
-     ``eps ~ N(0, sigma_cell)``; exact match is
-     ``p = E_items[exp(-k CE)]`` (:func:`forecaster.metrics.metric_value`
-     with the item spread at that log CE, i.e. ``sigma_item`` or, where the
-     spec lets it vary, ``item_spread``, and the cell's own mean answer
-     length ``k``), above the task's floor ``g`` where the model has one
-     (``g + (1 - g) p``); and the
-     observed accuracy on the finite test set is
-     ``Binomial(n_items, p) / n_items``. Each posterior draw is replicated
-     ``replicates`` times for the two noise terms.
+   * ``forecaster``: the hierarchical model (``model``, default spec). Each
+     held-out cell is a new model of the fitted model itself
+     (:func:`forecaster.predict.predict`): its trend at the cell's compute
+     (and params/tokens split, where known), a fresh deviation of the model
+     and of its cell, exact match above the task's floor, and the model's
+     own count likelihood (binomial or beta-binomial) on a test set of the
+     cell's size. Each posterior draw is replicated ``replicates`` times.
    * ``unpooled``: the same, with the shipped ``unpooled`` spec (fixed
      population priors: no pooling across tasks).
    * ``logistic``: per (task, family, setting), a logistic regression of
@@ -93,8 +88,7 @@ from scipy.special import expit
 from .data import summarize, validate
 from .errors import ForecasterError
 from .fit import FitResult, fit
-from .forecast import MAX_LOG10_COMPUTE, forecast, latent, trend
-from .metrics import item_spread, metric_value
+from .forecast import MAX_LOG10_COMPUTE, forecast
 from .spec import ModelSpec, load_spec
 
 __all__ = [
@@ -363,41 +357,37 @@ def _prediction_row(cell, samples: np.ndarray) -> dict:
 # --------------------------------------------------------------------------- methods
 
 
-def _spread(tr, task: str, lc: np.ndarray, sigma_item: np.ndarray) -> np.ndarray:
-    """Item spread of new cells at log CE ``lc`` (per draw; :func:`forecaster.metrics.item_spread`)."""
-    gam = tr["spread_slope"].sel(task=task).values.ravel()
-    ref = tr["spread_ref"].sel(task=task).values.ravel()
-    return item_spread(lc, sigma_item, gam, ref)
-
-
 def _bayes_predict(fitres: FitResult, test_pts: pd.DataFrame, rng: np.random.Generator, replicates: int,
                    notes: list[str], method: str) -> list[dict]:
-    tr = trend(fitres)
-    c0 = fitres.cells.c0
+    """Held-out cells as new models of the fitted model itself (:func:`forecaster.predict.predict`): its trend at
+    their compute (and their own params/tokens split where known), a fresh deviation of the model and of its
+    cell, its metric and its count likelihood on a test set of their size."""
+    from .predict import predict
+
     known = {"task": set(fitres.cells.tasks), "family": set(fitres.cells.families),
              "setting": set(fitres.cells.settings)}
     skipped: dict[str, set] = {}
-    rows = []
-    sc = tr["sigma_cell"].values.ravel()
-    for cell in test_pts.itertuples(index=False):
+    keep = []
+    for j, cell in enumerate(test_pts.itertuples(index=False)):
         miss = [d for d in ("task", "family", "setting") if getattr(cell, d) not in known[d]]
         if miss:
             skipped.setdefault(miss[0], set()).add(getattr(cell, miss[0]))
-            continue
-        on = tr.sel(task=cell.task, family=cell.family, setting=cell.setting)
-        si = on["sigma_item"].values.ravel()
-        # on the trend at the held-out model's compute and its own params/tokens split (where the model has it)
-        du = cell.u - tr.attrs["u_path"] if np.isfinite(cell.u) else 0.0
-        lc = latent(on, cell.x - c0, du).transpose("chain", "draw").values.ravel()
-        lc = lc + rng.standard_normal((replicates, len(lc))) * sc
-        g = tr["guess_rate"].sel(task=cell.task).values.ravel()  # exact-match floor (0 without one)
-        p = np.clip(metric_value(lc, _spread(tr, cell.task, lc, si), METRIC, float(cell.k), floor=g), 0.0, 1.0)
-        y = rng.binomial(int(cell.n_items), p).ravel() / cell.n_items
-        rows.append(_prediction_row(cell, y))
+        else:
+            keep.append(j)
     for dim, vals in skipped.items():
         notes.append(f"{method}: held-out cells of {dim}(s) {', '.join(sorted(map(str, vals)))} not seen in "
                      "training were skipped")
-    return rows
+    if not keep:
+        return []
+    pts = test_pts.iloc[keep].reset_index(drop=True)
+    rows = pts[["task", "family", "setting", "compute", "n_items"]].assign(n_tokens=pts["k"])
+    u = pts["u"].to_numpy(float)
+    if np.isfinite(u).all():  # the held-out models' own params/tokens split: params * tokens = compute / 6
+        params = np.sqrt(pts["compute"].to_numpy(float) / 6.0 * 10.0**u)
+        rows = rows.drop(columns="compute").assign(params=params, tokens=params / 10.0**u)
+    pred = predict(fitres, rows, seed=int(rng.integers(2**31)), replicates=replicates)
+    y = pred.draws["observed"].transpose("chain", "draw", "new").values.reshape(-1, len(pts))
+    return [_prediction_row(cell, y[:, j]) for j, cell in enumerate(pts.itertuples(index=False))]
 
 
 def _bayes_crossings(fitres: FitResult, groups: list[tuple], threshold: float, obs: dict,

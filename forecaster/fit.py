@@ -24,7 +24,8 @@ import xarray as xr
 from .convergence import rhat_ess
 from .data import CellData, load_table, summarize, validate
 from .errors import ForecasterError
-from .model import build_model, choose_parametrization, model_digest, setting_population_draws, slope_centering
+from .model import build_model, model_digest, setting_population_draws
+from .structure import Structure, resolve_structure
 from .spec import ModelSpec, load_spec
 
 __all__ = ["FitResult", "Diagnostics", "fit", "diagnose", "stuck_chains", "SAMPLERS", "STORED_COLUMNS"]
@@ -35,6 +36,9 @@ SAMPLERS = ("nutpie", "pymc", "numpyro")
 #: design of a machine's later runs 22-33 s; a cache hit 0.5 s).
 COMPILE_NOTICE = ("compiling the model (the first fit of this design here: ~20-30 s, up to 2 min on a fresh install; "
                   "cached for later fits)")
+#: Posterior attribute with the compile cache's problems during the fit (one line each: why it was not used, or
+#: which entry was replaced); :func:`diagnose` turns them into notes.
+COMPILE_CACHE_ATTR = "compile_cache"
 #: Columns of the tidy table stored with a fit.
 STORED_COLUMNS = (
     "family", "model", "task", "setting", "kind", "item", "compute", "params", "tokens", "n_tokens", "logprob", "correct",
@@ -120,6 +124,7 @@ def diagnose(tree: xr.DataTree) -> Diagnostics:
     dropped = str(tree["posterior"].attrs.get("dropped_chains", ""))
     notes = (f"chain(s) {dropped} stuck in a local mode, mean log density {tree['posterior'].attrs.get('dropped_gap')} "
              f"below the best chain's: dropped; the posterior is from the other {n_chains} chains",) if dropped else ()
+    notes += tuple(line for line in str(tree["posterior"].attrs.get(COMPILE_CACHE_ATTR, "")).split("\n") if line)
     return Diagnostics(max_rhat, min_b, min_t, div, n_chains * n_draws, worst_var, tuple(msgs), notes)
 
 
@@ -182,6 +187,10 @@ class FitResult:
         Sufficient statistics the model was built from.
     diagnostics : Diagnostics
         Convergence summary.
+    options : dict
+        How it was sampled (seed, draws, sampler, ...).
+    structure : Structure
+        The model as fitted: every "auto" of the spec resolved on these data.
     """
 
     tree: xr.DataTree
@@ -190,6 +199,11 @@ class FitResult:
     cells: CellData
     diagnostics: Diagnostics
     options: dict = field(default_factory=dict)
+    structure: Structure | None = None
+
+    def __post_init__(self):
+        if self.structure is None:
+            self.structure = resolve_structure(self.cells, self.spec)
 
     @property
     def posterior(self) -> xr.Dataset:
@@ -280,7 +294,9 @@ def fit(
         Centre of log10 compute (default: median over cells).
     status : callable, optional
         Receives a line of text when a step will take long: before the model is compiled for nutpie (the
-        first fit of a design on this machine; later fits load it from the compile cache).
+        first fit of a design on this machine; later fits load it from the compile cache), and why the compile
+        cache was not used when it was not (also recorded in the diagnostics' notes; without ``status``, a
+        ``UserWarning``).
 
     Returns
     -------
@@ -298,7 +314,8 @@ def fit(
         table = load_table(data, allow_single_compute=allow_single_compute)
     spec = model if isinstance(model, ModelSpec) else load_spec(model)
     cells = summarize(table, c0=c0)
-    pm_model = build_model(cells, spec)
+    structure = resolve_structure(cells, spec)
+    pm_model = build_model(cells, spec, structure)
 
     kwargs = dict(
         draws=int(draws), tune=int(tune), chains=int(chains), random_seed=int(seed), progressbar=progressbar,
@@ -321,33 +338,64 @@ def fit(
             warnings.simplefilter("ignore")
             idata = pm.sample(**kwargs)
     tree = _drop_stuck(_tidy_tree(idata))
+    tree = with_likelihood(tree, pm_model, cells)
     post = tree["posterior"].to_dataset()
     extra = setting_population_draws(post, spec, len(cells.tasks), int(seed))
     if extra:  # the pooled setting shifts, integrated out of the sampled model, drawn from their conditional
         tree["posterior"] = xr.DataTree(post.assign(extra))
-    centered_task, _ = choose_parametrization(cells, spec)
-    centered_slope = slope_centering(cells, spec, centered_task)
-
-    def _which(mask: np.ndarray) -> str:
-        if mask.all() or not mask.any():
-            return "centered" if mask.all() else "noncentered"
-        return f"centered for {mask.sum()} of {len(mask)}"
-
-    parametrization = _which(centered_task)
-    if not np.array_equal(centered_slope, centered_task):
-        parametrization = f"intercepts {parametrization}, slopes {_which(centered_slope)}"
     options = dict(
         seed=int(seed), draws=int(draws), tune=int(tune), chains=int(chains), sampler=sampler,
         target_accept=float(target_accept), allow_single_compute=bool(allow_single_compute),
-        parametrization=parametrization,
     )
     meta = _to_dataset(table)
     meta.attrs.update(
-        spec_text=spec.text, spec_name=spec.name, c0=float(cells.c0),
+        spec_text=spec.text, spec_name=spec.name, c0=float(cells.c0), structure=structure.to_json(),
         settings=list(cells.settings), **{f"option_{k}": str(v) for k, v in options.items()},
     )
     tree["forecaster"] = xr.DataTree(meta)
-    return FitResult(tree=tree, data=table, spec=spec, cells=cells, diagnostics=diagnose(tree), options=options)
+    return FitResult(tree=tree, data=table, spec=spec, cells=cells, diagnostics=diagnose(tree), options=options,
+                     structure=structure)
+
+
+def observed_data(pm_model: pm.Model) -> xr.Dataset:
+    """The model's observed values (sufficient statistics per cell or item group), with their dimensions."""
+    from pymc.backends.arviz import find_observations
+
+    out = {}
+    for name, arr in find_observations(pm_model).items():
+        dims = pm_model.named_vars_to_dims.get(name, (f"{name}_dim_0",))
+        out[name] = xr.DataArray(np.asarray(arr), dims=dims, coords={d: list(pm_model.coords[d]) for d in dims
+                                                                     if d in pm_model.coords})
+    return xr.Dataset(out)
+
+
+def with_likelihood(tree: xr.DataTree, pm_model: pm.Model, cells: CellData) -> xr.DataTree:
+    """``tree`` with ``observed_data`` and a ``log_likelihood`` group: ``obs`` (chain, draw, cell), each
+    cell's log-likelihood (all its observations), so that ``az.loo(tree)`` leaves out one cell at a time.
+
+    The item-group terms of balanced per-item data (variance components shared by a group's cells) are
+    spread evenly over the group's cells.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ll = pm.compute_log_likelihood(tree, model=pm_model, extend_inferencedata=False, progressbar=False)
+    ll = ll.to_dataset() if isinstance(ll, xr.DataTree) else ll
+    post = tree["posterior"].to_dataset()
+    total = np.zeros((post.sizes["chain"], post.sizes["draw"], cells.n_cells))
+    for name, da in ll.data_vars.items():
+        (dim,) = [d for d in da.dims if d not in ("chain", "draw")]
+        vals = da.transpose("chain", "draw", dim).values
+        if dim == "item_group":
+            member = cells.cell_group[None, :] == np.arange(vals.shape[2])[:, None]
+            total += np.einsum("cdg,gk->cdk", vals, member / member.sum(axis=1, keepdims=True))
+        else:
+            np.add.at(total, (slice(None), slice(None), np.asarray(da[dim].values, int)), vals)
+    obs = xr.DataArray(total, dims=("chain", "draw", "cell"),
+                       coords={"chain": post["chain"], "draw": post["draw"], "cell": np.arange(cells.n_cells)})
+    out = tree.copy()
+    out["log_likelihood"] = xr.DataTree(xr.Dataset({"obs": obs}))
+    out["observed_data"] = xr.DataTree(observed_data(pm_model))
+    return out
 
 
 def _spread_start(pm_model: pm.Model, n_tasks: int) -> tuple[dict, set]:
@@ -391,10 +439,18 @@ def _sample_nutpie(pm_model: pm.Model, initvals: dict, jitter_rvs: set, kwargs: 
 
     from .compile_cache import compile_nutpie
 
+    cache_lines: list[str] = []  # why the compile cache was not used (or an entry was replaced): said, and recorded
+
+    def cache_problem(line: str) -> None:
+        cache_lines.append(line)
+        if status is not None:
+            status(line)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         compiled = compile_nutpie(pm_model, initial_points=initvals, jitter_rvs=jitter_rvs, inputs=inputs,
-                                  on_compile=None if status is None else lambda: status(COMPILE_NOTICE))
+                                  on_compile=None if status is None else lambda: status(COMPILE_NOTICE),
+                                  on_problem=cache_problem)
         seed = int(np.random.default_rng(kwargs["random_seed"]).spawn(kwargs["chains"])[0].integers(2**30))
         t0 = time.time()
         idata = nutpie.sample(
@@ -403,6 +459,11 @@ def _sample_nutpie(pm_model: pm.Model, initvals: dict, jitter_rvs: set, kwargs: 
             save_warmup=False, progress_bar=bool(kwargs["progressbar"]),
         )
         patch_nutpie_idata(idata, pm_model, sampling_time=time.time() - t0)
+    if cache_lines:
+        idata.posterior.attrs[COMPILE_CACHE_ATTR] = "\n".join(cache_lines)
+        if status is None:
+            for line in cache_lines:
+                warnings.warn(line, UserWarning, stacklevel=3)
     return idata
 
 

@@ -14,6 +14,7 @@ import xarray as xr
 
 from .data import summarize
 from .errors import FitFileError, ForecasterError
+from .structure import Structure
 from .fit import Diagnostics, FitResult, diagnose, table_from_dataset
 from .spec import spec_from_text
 
@@ -122,4 +123,10 @@ def load_fit(path: str | Path) -> FitResult:
     if lost:
         raise FitFileError(f"{incomplete}: its posterior lacks {', '.join(lost)}; refit with 'forecaster fit'")
     options = {k[len("option_"):]: v for k, v in meta.attrs.items() if k.startswith("option_")}
-    return FitResult(tree=tree, data=table, spec=spec, cells=cells, diagnostics=_stored_diagnostics(tree), options=options)
+    try:  # the structure it was fitted with (files from before it was saved: resolved again from data and spec)
+        structure = Structure.from_json(str(meta.attrs["structure"])) if "structure" in meta.attrs else None
+    except (ValueError, TypeError) as exc:
+        raise FitFileError(f"{incomplete}: its saved structure does not read back ({type(exc).__name__}); "
+                           "refit with 'forecaster fit'") from None
+    return FitResult(tree=tree, data=table, spec=spec, cells=cells, diagnostics=_stored_diagnostics(tree), options=options,
+                     structure=structure)

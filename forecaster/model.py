@@ -24,6 +24,8 @@ forecast stage (per draw):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
@@ -266,11 +268,16 @@ def model_deviation_index(cells: CellData, spec: ModelSpec) -> np.ndarray | None
     choice = spec.structure.get("model_deviation", False)
     if choice is False or len(cells.cell_base) != cells.n_cells:
         return None
-    pairs = cells.cell_base * len(cells.tasks) + cells.cell_task
-    _, idx, counts = np.unique(pairs, return_inverse=True, return_counts=True)
-    if choice == "auto" and counts.max() < 2:
+    idx = _deviation_index(cells)
+    if choice == "auto" and np.bincount(idx).max() < 2:
         return None
-    return idx.astype(int)
+    return idx
+
+
+def _deviation_index(cells: CellData) -> np.ndarray:
+    """Index of each cell's (base model, task) pair."""
+    pairs = cells.cell_base * len(cells.tasks) + cells.cell_task
+    return np.unique(pairs, return_inverse=True)[1].astype(int).reshape(-1)
 
 
 def model_deviation_split(cells: CellData, spec: ModelSpec, idx: np.ndarray | None,
@@ -372,17 +379,16 @@ def use_allocation(cells: CellData, spec: ModelSpec) -> bool:
     return bool(choice is True or np.ptp(u) >= 0.3)
 
 
-def _spread_slope(spec: ModelSpec, cells: CellData):
-    """Per-task growth of the item spread; fixed at 0 for tasks without log-prob or CE data at >= 2 computes.
+def spread_identified(cells: CellData) -> np.ndarray:
+    """Tasks whose item-spread growth is free: those with log-prob or CE data at >= 2 computes (elsewhere 0).
 
     Only a task's CE data next to its accuracy tell the spread apart from the
     typical item's log CE; from accuracy alone it is not identified (Pythia
     two-digit addition, accuracy only: R-hat 2.0 on ``spread_slope``).
     """
     has_ce = (cells.item_n > 0) | np.isfinite(cells.ce_obs)
-    ok = np.array([len(np.unique(np.round(cells.cell_x[has_ce & (cells.cell_task == j)], 6))) >= 2
-                   for j in range(len(cells.tasks))])
-    return _free_where(spec, "spread_slope", ok, 0.0)
+    return np.array([len(np.unique(np.round(cells.cell_x[has_ce & (cells.cell_task == j)], 6))) >= 2
+                     for j in range(len(cells.tasks))], bool)
 
 
 def _free_where(spec: ModelSpec, name: str, free: np.ndarray, fixed: float):
@@ -531,26 +537,29 @@ def setting_population_draws(post, spec: ModelSpec, n_task: int, seed: int) -> d
     return out
 
 
-def _item_persistence(spec: ModelSpec, cells: CellData):
+def persistence_mean(spec: ModelSpec) -> float | None:
+    """Prior mean of ``item_persistence`` where known in closed form (fixed or Beta), else None."""
+    p = spec.priors["item_persistence"]
+    if "value" in p:
+        return float(p["value"])
+    if p.get("dist") == "Beta" and set(p) <= {"dist", "alpha", "beta"}:
+        return float(p.get("alpha", 1.0)) / (float(p.get("alpha", 1.0)) + float(p.get("beta", 1.0)))
+    return None
+
+
+def _item_persistence(spec: ModelSpec, free: tuple[bool, ...]):
     """Per-task share of the item spread that is persistent difficulty: sampled for tasks with per-item data
     (the same items at >= 2 models, which alone identify it); elsewhere fixed at its prior mean.
 
     Elsewhere it only sets the sampling noise of aggregate CE, the data cannot tell its value, and near 1 that
     noise vanishes and the CE likelihood becomes needle-sharp: on the demo's aggregate-only task divergent
     transitions sat at its upper tail. With a prior whose mean is not known in closed form it is sampled
-    everywhere.
+    everywhere (:func:`forecaster.structure.resolve_structure` marks every task free).
     """
-    n_task = len(cells.tasks)
-    ident = np.zeros(n_task, bool)
-    ident[np.asarray(cells.group_task, int)] = True
-    p = spec.priors["item_persistence"]
-    if "value" in p:
-        mean = float(p["value"])
-    elif p.get("dist") == "Beta" and set(p) <= {"dist", "alpha", "beta"}:
-        mean = float(p.get("alpha", 1.0)) / (float(p.get("alpha", 1.0)) + float(p.get("beta", 1.0)))
-    else:
+    mean = persistence_mean(spec)
+    if mean is None:
         return spec.prior("item_persistence", dims="task")
-    return _free_where(spec, "item_persistence", ident, mean)
+    return _free_where(spec, "item_persistence", np.asarray(free, bool), mean)
 
 
 def _setting_index(t: np.ndarray, s: np.ndarray, n_set: int) -> tuple[np.ndarray, np.ndarray]:
@@ -587,6 +596,22 @@ def _betabinomial_logp(k, alpha, beta, n, binomln):
     return binomln + betaln(k + alpha, n - k + beta) - betaln(alpha, beta)
 
 
+def _binomial_random(p, n, binomln, rng=None, size=None):
+    """Draws of the counts: ``Binomial(n, p)`` (the coefficient ``binomln`` only enters the log density)."""
+    return rng.binomial(np.asarray(n), np.asarray(p), size=size)
+
+
+def _betabinomial_random(alpha, beta, n, binomln, rng=None, size=None):
+    """Draws of the counts: ``Binomial(n, Beta(alpha, beta))``."""
+    return rng.binomial(np.asarray(n), rng.beta(np.asarray(alpha), np.asarray(beta), size=size), size=size)
+
+
+def _obs_dim(model: pm.Model, name: str, cells_idx: np.ndarray) -> str:
+    """A dimension for an observed variable whose coordinate is the cell each observation belongs to."""
+    model.add_coord(name, np.asarray(cells_idx, int))
+    return name
+
+
 def _data(name: str, value, dtype=np.float64):
     """A data array of the model as a named ``pm.Data`` (static shape), not a constant in its graph.
 
@@ -598,7 +623,7 @@ def _data(name: str, value, dtype=np.float64):
     return pm.Data(f"data_{name}", arr, shape=arr.shape)
 
 
-def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
+def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells | None = None) -> pm.Model:
     """Build the hierarchical model for ``cells`` under ``spec``.
 
     Parameters
@@ -606,26 +631,34 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
     cells : CellData
         Sufficient statistics from :func:`forecaster.data.summarize`.
     spec : ModelSpec
-        Structure and priors (:func:`forecaster.spec.load_spec`).
+        Priors (:func:`forecaster.spec.load_spec`).
+    structure : Structure, optional
+        The resolved structure (:func:`forecaster.structure.resolve_structure`, the default);
+        ``structure.generative()`` builds the same model with every variable drawn from its own prior.
+    new : NewCells, optional
+        Models to predict: adds their latent (``mu_trend_new``, ``mu_new``), exact match (``p_new``) and, with
+        a test-set size, counts (``obs_new``), for posterior predictive sampling (not for fitting).
 
     Returns
     -------
     pymc.Model
     """
-    st = spec.structure
-    centered_task, centered_cell = choose_parametrization(cells, spec)
+    from .structure import resolve_structure
+
+    sr = resolve_structure(cells, spec) if structure is None else structure
+    centered_task = np.asarray(sr.centered_task, bool)
+    centered_cell = np.asarray(sr.centered_cell, bool)
     n_task, n_fam, n_set = len(cells.tasks), len(cells.families), len(cells.settings)
     t, f, s = cells.cell_task, cells.cell_family, cells.cell_setting
 
-    additive = st.get("trend") == "additive"
+    additive = sr.trend == "additive"
     if additive and (len(cells.cell_u) != cells.n_cells or not np.isfinite(cells.cell_u).all()):
         raise SpecError('trend = "additive" needs columns params and tokens for every row (a params term '
                         'and a tokens term); add them, or use trend = "loglinear"')
-    bt = model_deviation_index(cells, spec)
-    split = model_deviation_split(cells, spec, bt, centered_task)
+    bt = _deviation_index(cells) if sr.model_deviation else None
+    split = model_deviation_split(cells, spec, bt, centered_task) if sr.deviation_split else None
 
     with pm.Model(coords=model_coords(cells)) as model:
-        xc = _data("x_rel", cells.cell_x - cells.c0)
         alloc = None
         if split is None:
             a = _task_level(spec, "a", "mu_a", "sigma_a", centered_task)
@@ -641,21 +674,17 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
             b_params = _task_level(spec, "b_params", "mu_b_params", "sigma_b_params", centered_task)
             b_tokens = _task_level(spec, "b_tokens", "mu_b_tokens", "sigma_b_tokens", centered_task)
             share = spec.prior("trend_share", dims="task")
-            slope = 0.0  # setting shifts of both terms' slopes, added below
         elif split is not None and c1_move.any():
             b, _ = _task_level_moved(spec, "b", "mu_b", "sigma_b", n_task, slope_move)
             alloc, _ = _task_level_moved(spec, "alloc", "mu_alloc", "sigma_alloc", n_task, slope_move)
-            slope = b[t]
         else:
-            b = _task_level(spec, "b", "mu_b", "sigma_b", slope_centering(cells, spec, centered_task))
-            slope = b[t]
+            b = _task_level(spec, "b", "mu_b", "sigma_b", np.asarray(sr.centered_slope, bool))
 
-        intercept = a[t]
-        if st["family_effects"] and n_fam >= 2:
+        a_family = ea = eb = None
+        if sr.family_effects:
             sigma_family = spec.prior("sigma_family")
             a_family = pm.ZeroSumNormal("a_family", sigma=sigma_family, dims="family")
-            intercept = intercept + a_family[f]
-        if st["setting_effects"] and n_set >= 2:
+        if sr.setting_effects:
             sigma_sa = spec.prior("sigma_setting_a")
             sigma_sb = spec.prior("sigma_setting_b")
             zeros = pt.zeros((n_task, 1))
@@ -663,23 +692,35 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
             eb = _setting_shifts(spec, "b", sigma_sb, n_task)
             pm.Deterministic("da", pt.concatenate([zeros, ea], axis=1), dims=("task", "setting"))
             pm.Deterministic("db", pt.concatenate([zeros, eb], axis=1), dims=("task", "setting"))
-            # each cell's shift by one 1-D gather from the flattened shifts (zero for the reference setting), not a
-            # 2-D gather from [0, shifts] (same values: on the demo 41.6 -> 36.8 us per gradient, same draws)
-            idx, on = _setting_index(t, s, n_set)
-            intercept = intercept + ea.reshape((-1,))[idx] * on
-            slope = slope + eb.reshape((-1,))[idx] * on
-        if additive:
-            # CE = params term + tokens term, each a power law (see additive_trend); level a at the reference
-            dn, dd = params_tokens_offsets(cells.cell_x, cells.cell_u, cells.c0, cells.u0)
-            dn, dd = _data("params_rel", dn), _data("tokens_rel", dd)
-            mu = additive_trend(intercept, share[t], b_params[t] + slope, b_tokens[t] + slope, dn, dd, xp=pt)
-        else:
-            mu = intercept + slope * xc
-        if alloc is None and not additive and use_allocation(cells, spec):
+        if alloc is None and sr.allocation:
             alloc = _task_level(spec, "alloc", "mu_alloc", "sigma_alloc", centered_task)
-        if alloc is not None:
-            # at fixed compute, the split between parameters and tokens moves log CE too (see use_allocation)
-            mu = mu + alloc[t] * _data("u_rel", cells.cell_u - cells.u0)
+
+        def trend_at(ti: np.ndarray, fi: np.ndarray, si: np.ndarray, x: np.ndarray, u: np.ndarray, tag: str = ""):
+            """The trend's log CE of the typical item for (task, family, setting) indices at log10 compute ``x``
+            and log10(params / tokens) ``u``: the one predictor of the latent, for observed and new cells."""
+            intercept = a[ti]
+            slope = 0.0 if additive else b[ti]  # additive: setting shifts of both terms' slopes, added below
+            if a_family is not None:
+                intercept = intercept + a_family[fi]
+            if ea is not None:
+                # each cell's shift by one 1-D gather from the flattened shifts (zero for the reference setting),
+                # not a 2-D gather from [0, shifts] (same values: on the demo 41.6 -> 36.8 us per gradient)
+                idx, on = _setting_index(ti, si, n_set)
+                intercept = intercept + ea.reshape((-1,))[idx] * on
+                slope = slope + eb.reshape((-1,))[idx] * on
+            if additive:
+                # CE = params term + tokens term, each a power law (see additive_trend); level a at the reference
+                dn, dd = params_tokens_offsets(x, u, cells.c0, cells.u0)
+                dn, dd = _data(f"params_rel{tag}", dn), _data(f"tokens_rel{tag}", dd)
+                mu = additive_trend(intercept, share[ti], b_params[ti] + slope, b_tokens[ti] + slope, dn, dd, xp=pt)
+            else:
+                mu = intercept + slope * _data(f"x_rel{tag}", x - cells.c0)
+            if alloc is not None:
+                # at fixed compute, the split between parameters and tokens moves log CE too (see use_allocation)
+                mu = mu + alloc[ti] * _data(f"u_rel{tag}", u - cells.u0)
+            return mu
+
+        mu = trend_at(t, f, s, cells.cell_x, cells.cell_u)
         if split is not None:
             if dev_basis.shape[1]:
                 w_model = pm.Normal("model_dev_w", 0.0, 1.0, shape=dev_basis.shape[1])
@@ -689,7 +730,7 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
             sigma_model = spec.prior("sigma_model")
             z_model = pm.Normal("model_dev_z", 0.0, 1.0, shape=int(bt.max()) + 1)
             mu = mu + sigma_model * z_model[bt]
-        if st["cell_deviation"]:
+        if sr.cell_deviation:
             # each cell's log CE deviates from its trend; centered cells are sampled around the trend itself
             # (not as trend + centered deviation, which ties every well-measured cell to the trend's parameters)
             sigma_cell = spec.prior("sigma_cell")
@@ -698,12 +739,18 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
             mu = pm.Deterministic("mu_cell", mu, dims="cell")
 
         sigma_item = spec.prior("sigma_item", dims="task")
-        if st["spread_varies"]:
-            # the item spread of a cell follows how far the task has been learned there (see item_spread)
-            spread_slope = _spread_slope(spec, cells)
-            s_cell = item_spread(mu, sigma_item[t], spread_slope[t], _data("spread_ref", cells.spread_ref)[t], xp=pt)
-        else:
-            s_cell = sigma_item[t]
+        if sr.spread_varies:
+            spread_slope = _free_where(spec, "spread_slope", np.asarray(sr.spread_free, bool), 0.0)
+            spread_ref = _data("spread_ref", cells.spread_ref)
+
+        def spread_at(mu_, ti):
+            """Item spread of cells whose typical item has log CE ``mu_``: it follows how far the task has been
+            learned there (see item_spread), or is the task's constant."""
+            if sr.spread_varies:
+                return item_spread(mu_, sigma_item[ti], spread_slope[ti], spread_ref[ti], xp=pt)
+            return sigma_item[ti]
+
+        s_cell = spread_at(mu, t)
         var_w = s_cell**2
 
         # ---- per-item log-probs, through sufficient statistics
@@ -711,7 +758,7 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
         has_ce = np.isfinite(cells.ce_obs)
         has_groups = len(cells.group_task) > 0
         if has_groups or has_ce.any():
-            rho = _item_persistence(spec, cells)
+            rho = _item_persistence(spec, sr.persistence_free)
             var_noise = (1.0 - rho[t]) * var_w
         if has_items.any():
             bal = has_items & cells.item_balanced
@@ -721,20 +768,22 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
                 pm.Normal(
                     "obs_item_mean_bal", mu=_take(mu, i),
                     sigma=pt.sqrt(_take(var_noise, i) / _data("item_n_bal", cells.item_n[i])),
-                    observed=_data("item_mean_bal", cells.item_mean[i]),
+                    observed=_data("item_mean_bal", cells.item_mean[i]), dims=_obs_dim(model, "cell_item_bal", i),
                 )
             if unb.any():
                 i = np.flatnonzero(unb)
                 pm.Normal("obs_item_mean", mu=_take(mu, i), sigma=pt.sqrt(_take(var_w, i) / _data("item_n", cells.item_n[i])),
-                          observed=_data("item_mean", cells.item_mean[i]))
+                          observed=_data("item_mean", cells.item_mean[i]), dims=_obs_dim(model, "cell_item", i))
                 j = i[cells.item_n[i] >= 2]
                 if len(j):
                     pm.Gamma(
                         "obs_item_ss", alpha=_data("item_ss_alpha", (cells.item_n[j] - 1) / 2.0),
                         beta=1.0 / (2.0 * _take(var_w, j)), observed=_data("item_ss", cells.item_ss[j] + _SS_EPS),
+                        dims=_obs_dim(model, "cell_item_ss", j),
                     )
             if has_groups:
                 gt = cells.group_task
+                model.add_coord("item_group", np.arange(len(gt)))
                 J = cells.group_df_res / cells.group_df_items + 1.0
                 # the group's within-cell variance: mean of its cells' item variances
                 member = (cells.cell_group[None, :] == np.arange(len(gt))[:, None]).astype(float)
@@ -744,11 +793,12 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
                 pm.Gamma(
                     "obs_group_ss_res", alpha=_data("group_res_alpha", cells.group_df_res / 2.0),
                     beta=1.0 / (2.0 * v_noise), observed=_data("group_ss_res", cells.group_ss_res + _SS_EPS),
+                    dims="item_group",
                 )
                 pm.Gamma(
                     "obs_group_ss_items", alpha=_data("group_items_alpha", cells.group_df_items / 2.0),
                     beta=1.0 / (2.0 * (v_noise + _data("group_j", J) * v_item)),
-                    observed=_data("group_ss_items", cells.group_ss_items + _SS_EPS),
+                    observed=_data("group_ss_items", cells.group_ss_items + _SS_EPS), dims="item_group",
                 )
 
         # ---- aggregate mean CE: lognormal mean over items. The same test items are scored at every model, so
@@ -759,33 +809,78 @@ def build_model(cells: CellData, spec: ModelSpec) -> pm.Model:
             i = np.flatnonzero(has_ce)
             vw = _take(var_w, i)
             sd = pt.sqrt(pt.log1p(pt.expm1(_take(var_noise, i)) / _data("ce_n", cells.ce_n[i])))
-            pm.Normal("obs_ce", mu=_take(mu, i) + vw / 2.0, sigma=sd, observed=_data("log_ce", np.log(cells.ce_obs[i])))
+            pm.Normal("obs_ce", mu=_take(mu, i) + vw / 2.0, sigma=sd, observed=_data("log_ce", np.log(cells.ce_obs[i])),
+                      dims=_obs_dim(model, "cell_ce", i))
 
         # ---- exact-match counts: p = E_items[exp(-k CE_item)]
         has_em = cells.em_n > 0
-        floor_on = floor_tasks(cells, spec)
+        floor_on = np.asarray(sr.floor, bool)
         if floor_on.any():
             guess = _guess_rate(spec, floor_on)
+        kappa = spec.prior("em_concentration") if sr.em_likelihood == "betabinomial" and (
+            has_em.any() or (new is not None and (np.asarray(new.n_items) > 0).any())) else None
+
+        def accuracy_at(mu_, s_, k_, ti):
+            """Exact match of cells (typical item's log CE ``mu_``, item spread ``s_``, answer length ``k_``):
+            the expectation over item difficulty (one Op with its derivatives, forecaster.expectation) above
+            the task's floor of lucky guesses."""
+            p_ = expected_exact_match(mu_, s_, k_, sr.em_expectation, sr.quadrature_nodes)
+            if floor_on.any():
+                g_ = guess[ti]
+                p_ = g_ + (1.0 - g_) * p_
+            return pt.clip(p_, 1e-12, 1.0 - 1e-12)
+
+        def counts(name: str, p_, n_, binomln_, dims: str, observed=None):
+            """Exact-match counts of ``n_`` items: Binomial or beta-binomial (the coefficient given as data)."""
+            if kappa is not None:
+                return pm.CustomDist(name, p_ * kappa, (1.0 - p_) * kappa, n_, binomln_, logp=_betabinomial_logp,
+                                     random=_betabinomial_random, observed=observed, dtype="int64", dims=dims)
+            return pm.CustomDist(name, p_, n_, binomln_, logp=_binomial_logp, random=_binomial_random,
+                                 observed=observed, dtype="int64", dims=dims)
+
         if has_em.any():
             i = np.flatnonzero(has_em)
-            # expectation over item difficulty, fused into one Op with its derivatives (forecaster.expectation)
-            p = expected_exact_match(
-                _take(mu, i), _take(pt.broadcast_to(s_cell, (cells.n_cells,)), i), _data("em_k", cells.cell_k[i]),
-                st["em_expectation"], st["quadrature_nodes"],
-            )
-            if floor_on.any():  # a floor of lucky guesses under the latent accuracy
-                g_i = guess[t[i]]
-                p = g_i + (1.0 - g_i) * p
-            p = pt.clip(p, 1e-12, 1.0 - 1e-12)
+            p = accuracy_at(_take(mu, i), _take(pt.broadcast_to(s_cell, (cells.n_cells,)), i),
+                            _data("em_k", cells.cell_k[i]), t[i])
             # Binomial / beta-binomial counts with the binomial coefficient computed once from the data, not in
             # every gradient (216 lgamma calls on the demo, a sixth of its gradient, now that counts are data)
             n_em, k_em = cells.em_n[i].astype(np.int64), cells.em_correct[i].astype(np.int64)
             count_args = (_data("em_n", n_em, np.int64), _data("em_binomln", _binomln(n_em, k_em)))
             observed = _data("em_correct", k_em, np.int64)
-            if st["em_likelihood"] == "betabinomial":
-                kappa = spec.prior("em_concentration")
-                pm.CustomDist("obs_em", p * kappa, (1.0 - p) * kappa, *count_args, logp=_betabinomial_logp,
-                              observed=observed, dtype="int64")
-            else:
-                pm.CustomDist("obs_em", p, *count_args, logp=_binomial_logp, observed=observed, dtype="int64")
+            counts("obs_em", p, *count_args, dims=_obs_dim(model, "cell_em", i), observed=observed)
+
+        if new is not None:
+            # models not yet observed: the same trend, a fresh deviation of the model as a whole and of its cell,
+            # the same metric and, for a test set of n_items, the same count likelihood (posterior predictive)
+            model.add_coord("new", np.arange(len(new.x)))
+            tn = np.asarray(new.task, int)
+            mu_n = pm.Deterministic("mu_trend_new", trend_at(tn, np.asarray(new.family, int),
+                                                             np.asarray(new.setting, int), np.asarray(new.x, float),
+                                                             np.asarray(new.u, float), "_new"), dims="new")
+            if bt is not None:
+                mu_n = mu_n + sigma_model * pm.Normal("model_dev_new", 0.0, 1.0, dims="new")
+            if sr.cell_deviation:
+                mu_n = mu_n + sigma_cell * pm.Normal("cell_dev_new", 0.0, 1.0, dims="new")
+            mu_n = pm.Deterministic("mu_new", mu_n, dims="new")
+            p_n = pm.Deterministic("p_new", accuracy_at(mu_n, spread_at(mu_n, tn), _data("k_new", new.k), tn),
+                                   dims="new")
+            n_new = np.asarray(new.n_items, np.int64)
+            if (n_new > 0).all():
+                counts("obs_new", p_n, _data("n_new", n_new, np.int64), _data("binomln_new", np.zeros(len(n_new))),
+                       dims="new")
     return model
+
+
+@dataclass
+class NewCells:
+    """Cells of models not yet observed, for prediction: indices into the fit's tasks, families and settings,
+    log10 compute ``x``, log10(params / tokens) ``u`` (the data's median where unknown), answer length ``k``
+    and test-set size ``n_items`` (0 for none: no replicated counts)."""
+
+    task: np.ndarray
+    family: np.ndarray
+    setting: np.ndarray
+    x: np.ndarray
+    u: np.ndarray
+    k: np.ndarray
+    n_items: np.ndarray

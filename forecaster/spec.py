@@ -33,39 +33,8 @@ OPTIONAL_PRIORS = {"spread_varies": ("spread_slope",), "allocation_effect": ("mu
 ADDITIVE_PRIORS = ("trend_share", "mu_b_params", "sigma_b_params", "mu_b_tokens", "sigma_b_tokens")
 # Priors that are spreads or rates: a fixed value must be positive.
 _POSITIVE = {n for n in (*REQUIRED_PRIORS, *ADDITIVE_PRIORS) if n.startswith("sigma")} | {"em_concentration"}
-STRUCTURE_DEFAULTS: dict[str, Any] = {
-    "parametrization": "auto",
-    "auto_centered_min_levels": 4,
-    "auto_centered_min_items": 1000,
-    # In auto, task slopes centered only where the data pin them tighter than this share of the slopes' spread
-    # across tasks (forecaster.model.slope_centering); false (older specs): the slopes follow the intercepts.
-    "auto_slope_se_ratio": False,
-    # In auto, a cell with per-item data centered only where its mean is pinned tighter than this share of the
-    # cells' spread around their trends (forecaster.model.cell_noise_and_spread); false (older specs): by
-    # auto_centered_min_items.
-    "auto_cell_se_ratio": False,
-    "family_effects": True,
-    "setting_effects": True,
-    "cell_deviation": True,
-    "em_likelihood": "binomial",
-    "quadrature_nodes": 24,
-    # How the model computes E_items[exp(-k CE)] (forecaster.expectation); older specs: Gauss-Hermite.
-    "em_expectation": "gauss-hermite",
-    # Item spread grows (or shrinks) as the task is learned; off when a spec does not say (older specs).
-    "spread_varies": False,
-    # Separate effect of the params/tokens split at fixed compute ("auto": when the data give both).
-    "allocation_effect": False,
-    # A deviation per (model, task) shared by the model's checkpoints ("auto": when there are checkpoints).
-    "model_deviation": False,
-    # Sample the model deviations' part along the trend's own directions as a move of the trend (the same model;
-    # forecaster.model.model_deviation_split); off for older specs.
-    "model_deviation_split": False,
-    # Exact-match floor (guess rate) per task ("auto": accuracy-only tasks); off for older specs.
-    "em_floor": False,
-    # Shape of the trend: "loglinear" (log CE linear in log compute and log params/tokens) or "additive" (CE the
-    # sum of a params term and a tokens term, each a power law; forecaster.model.additive_trend).
-    "trend": "loglinear",
-}
+#: The one set of structure defaults: the shipped ``models/default.toml`` (read below, after :func:`spec_dir`).
+STRUCTURE_DEFAULTS: dict[str, Any] = {}
 _CHOICES = {
     "parametrization": {"auto", "centered", "noncentered"},
     "em_likelihood": {"binomial", "betabinomial"},
@@ -98,6 +67,17 @@ def spec_dir() -> Path:
         if cand.is_dir():
             return cand
     raise SpecError("the shipped model specs are missing from this installation; reinstall forecaster")
+
+
+def _shipped_structure() -> dict[str, Any]:
+    path = spec_dir() / "default.toml"
+    try:
+        return dict(tomllib.loads(_read_text(path))["structure"])
+    except (tomllib.TOMLDecodeError, KeyError):
+        raise SpecError(f"{path}: the shipped default spec is broken; reinstall forecaster") from None
+
+
+STRUCTURE_DEFAULTS.update(_shipped_structure())
 
 
 @dataclass(frozen=True)

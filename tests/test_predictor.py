@@ -1,0 +1,101 @@
+"""One predictor: the trend of new models is the PyMC model's own (same graph), and the forecast's trend is
+the same per draw."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import forecaster as fc
+from forecaster.data import summarize, validate
+from forecaster.errors import QueryError
+from forecaster.forecast import latent, trend
+from forecaster.model import NewCells, build_model
+from forecaster.spec import load_spec
+
+
+def _with_params_tokens(table: pd.DataFrame) -> pd.DataFrame:
+    """The demo with params and tokens whose ratio varies by model (allocation and additive trends apply)."""
+    df = table.drop(columns=["kind", "_line"], errors="ignore").copy()
+    ratio = {m: 10.0 ** (0.6 * (i % 3)) for i, m in enumerate(sorted(df["model"].unique()))}  # tokens / params
+    tpp = df["model"].map(ratio)
+    df["params"] = np.sqrt(df["compute"] / (6.0 * tpp))
+    df["tokens"] = df["params"] * tpp
+    return validate(df.drop(columns=["compute"]))
+
+
+def _variant(spec, **structure):
+    return dataclasses.replace(spec, structure={**spec.structure, "cell_deviation": False, "model_deviation": False,
+                                                **structure})
+
+
+@pytest.mark.parametrize("variant", ["default", "no-settings-families", "allocation", "additive", "betabinomial"])
+def test_new_cells_get_the_models_own_trend(demo_table, variant):
+    """At random parameter values, the trend of 'new' cells placed where the observed cells are equals the
+    model's mean of those cells (deviations off), for each structure variant."""
+    table = _with_params_tokens(demo_table) if variant in ("allocation", "additive") else demo_table
+    spec = load_spec()
+    extra = {"default": {}, "no-settings-families": {"setting_effects": False, "family_effects": False},
+             "allocation": {"allocation_effect": True}, "additive": {"trend": "additive"},
+             "betabinomial": {"em_likelihood": "betabinomial"}}[variant]
+    if variant == "additive":
+        spec = load_spec("additive")
+    spec = _variant(spec, **extra)
+    cells = summarize(table)
+    new = NewCells(task=cells.cell_task, family=cells.cell_family, setting=cells.cell_setting, x=cells.cell_x,
+                   u=np.where(np.isfinite(cells.cell_u), cells.cell_u, 0.0), k=cells.cell_k,
+                   n_items=np.full(cells.n_cells, 10))
+    model = build_model(cells, spec, new=new)
+    if variant == "allocation":
+        assert "alloc" in model.named_vars
+    fn = model.compile_fn([model["mu_cell"], model["mu_trend_new"], model["mu_new"]], inputs=model.value_vars,
+                          on_unused_input="ignore")
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        point = {k: v + rng.normal(0.0, 0.3, np.shape(v)) for k, v in model.initial_point().items()}
+        mu_cell, mu_trend, mu_new = fn(point)
+        np.testing.assert_allclose(mu_trend, mu_cell, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(mu_new, mu_cell, rtol=1e-12, atol=1e-12)  # no deviations in this variant
+
+
+def test_forecast_trend_is_the_models_trend_per_draw(tiny_fit):
+    c = tiny_fit.cells
+    rows = pd.DataFrame({"task": [c.tasks[0], c.tasks[-1]], "family": [c.families[-1], c.families[0]],
+                         "setting": [c.settings[-1], c.settings[0]], "compute": [3e20, 2e22]})
+    pred = fc.predict(tiny_fit, rows, seed=1)
+    tr = trend(tiny_fit)
+    for j, r in rows.iterrows():
+        on = tr.sel(task=r.task, family=r.family, setting=r.setting)
+        ref = latent(on, np.log10(r.compute) - c.c0).transpose("chain", "draw").values
+        got = pred.draws["log_ce_trend"].isel(new=j).transpose("chain", "draw").values
+        np.testing.assert_allclose(got, ref, rtol=1e-10)
+
+
+def test_predict_table_and_reproducibility(tiny_fit):
+    rows = pd.DataFrame({"task": tiny_fit.cells.tasks, "family": tiny_fit.cells.families[0],
+                         "compute": 1e21, "n_items": 100})
+    a = fc.predict(tiny_fit, rows, seed=3)
+    b = fc.predict(tiny_fit, rows, seed=3)
+    pd.testing.assert_frame_equal(a.table, b.table)
+    t = a.table
+    for v in ("log_ce_trend", "log_ce", "accuracy", "observed"):
+        qs = t[[f"{v}_q{q:02d}" for q in (5, 25, 50, 75, 95)]].to_numpy()
+        assert (np.diff(qs, axis=1) >= 0).all()
+    assert t["accuracy_q50"].between(0, 1).all() and t["observed_q95"].le(1).all()
+    # a new model's latent is wider than the trend's: it adds the deviations
+    assert ((t["log_ce_q95"] - t["log_ce_q05"]) >= (t["log_ce_trend_q95"] - t["log_ce_trend_q05"]) - 1e-9).all()
+
+
+@pytest.mark.parametrize("rows,expect", [
+    (dict(task="nosuch", family="alpha", compute=1e21), "unknown task"),
+    (dict(task="qa-flat", family="alpha", compute=-1.0), "compute must be"),
+    (dict(task="qa-flat", family="alpha"), "compute"),
+    (dict(task="qa-flat", family="alpha", compute=1e21, n_items=0.5), "n_items"),
+])
+def test_predict_bad_rows_are_one_line_errors(tiny_fit, rows, expect):
+    with pytest.raises(QueryError, match=expect) as err:
+        fc.predict(tiny_fit, pd.DataFrame([rows]))
+    assert "\n" not in str(err.value)
