@@ -87,7 +87,7 @@ from scipy.special import expit
 
 from .data import summarize, validate
 from .errors import ForecasterError
-from .fit import FitResult, fit
+from .fit import REMEDY_MIN_DRAWS, FitResult, fit
 from .forecast import MAX_LOG10_COMPUTE, forecast
 from .spec import ModelSpec, load_spec
 
@@ -548,8 +548,10 @@ class BacktestResult:
         observed, n_items, pred_q05 .. pred_q95`` (also q10/q90) and ``crps``
         (percentage points).
     scores : pandas.DataFrame
-        One row per method (all folds pooled): ``coverage50, coverage80,
-        coverage90, crps, mae`` and ``n_points``.
+        One row per method (folds pooled): ``coverage50, coverage80,
+        coverage90, crps, mae`` and ``n_points``. Folds in which a Bayesian
+        fit did not converge (``excluded_folds``) are left out, for every
+        method, so that all are scored on the same points.
     crossings : pandas.DataFrame
         One row per (task, family, setting), method and fold still below the
         threshold in training: the ``CROSSING_KEYS`` plus ``method``, ``fold``
@@ -564,6 +566,10 @@ class BacktestResult:
         Convergence of each Bayesian fit: ``{str(fold): {method: {...}}}``.
     notes : list of str
         What was skipped and why; untrusted fits.
+    excluded_folds : list of int
+        Folds left out of ``scores`` because a Bayesian fit in them did not converge (named in ``notes``).
+    scores_all : pandas.DataFrame
+        ``scores`` with every fold, the unconverged ones included (for comparison).
     """
 
     points: pd.DataFrame
@@ -576,14 +582,19 @@ class BacktestResult:
     diagnostics: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    excluded_folds: list[int] = field(default_factory=list)
+    scores_all: pd.DataFrame | None = None
 
     def crossing_scores(self) -> pd.DataFrame:
         """Per method: ``n_groups`` (crossings forecast), ``n_observed`` (seen in the held-out data),
         ``median_abs_error_decades`` (|predicted median - observed|; ``inf`` where the median crossing is
         never reached; JSON null) and ``crossing_coverage90`` (share of observed inside [q05, q95])."""
         rows = []
+        crossings = self.crossings
+        if len(crossings) and self.excluded_folds:  # like the scores: converged folds only
+            crossings = crossings[~crossings["fold"].isin(self.excluded_folds)]
         for m in self.methods:
-            c = self.crossings[self.crossings["method"] == m] if len(self.crossings) else self.crossings
+            c = crossings[crossings["method"] == m] if len(crossings) else crossings
             seen = c[c["observed_log10_compute"].notna()] if len(c) else c
             err = np.abs(seen["error_decades"].to_numpy(float)) if len(seen) else np.array([])
             rows.append({"method": m, "n_groups": int(len(c)), "n_observed": int(len(seen)),
@@ -636,6 +647,8 @@ class BacktestResult:
             "crossing_scores": {r["method"]: {k: _json_value(v) for k, v in r.items() if k != "method"}
                                 for _, r in cs.iterrows()},
             "folds": folds,
+            "excluded_folds": list(self.excluded_folds),
+            "scores_all_folds": self._scores_dict(self.scores if self.scores_all is None else self.scores_all),
             "threshold": float(self.threshold),
             "methods": list(self.methods),
             "diagnostics": self.diagnostics,
@@ -732,6 +745,7 @@ def backtest(
     notes: list[str] = []
     n_ce_only = 0
     all_rows, all_cross, fold_scores, diagnostics, timings = [], [], [], {}, {}
+    unconverged: dict[int, list[str]] = {}
     for fi, split in enumerate(splits):
         train_pts = metric_points(split.train)
         test_pts = metric_points(split.test)
@@ -759,16 +773,22 @@ def backtest(
             else:
                 fr = fit(split.train, model=specs[m], seed=seed, draws=draws, tune=tune, chains=chains,
                          sampler=sampler, target_accept=target_accept, allow_single_compute=True,
-                         progressbar=progressbar)
+                         progressbar=progressbar, log_likelihood=False)
                 d = fr.diagnostics
                 diagnostics.setdefault(str(fi), {})[m] = {
                     "max_rhat": _json_value(d.max_rhat), "min_ess_bulk": _json_value(d.min_ess_bulk),
                     "min_ess_tail": _json_value(d.min_ess_tail), "divergences": int(d.divergences),
                     "trusted": bool(d.trusted)}
                 notes.extend(f"{split.label}: the {m} fit: {n}" for n in d.notes)
-                if not d.trusted:
-                    notes.append(f"{split.label}: the {m} fit did not converge cleanly ({'; '.join(d.lines())}); "
-                                 "its scores are not trustworthy")
+                if not d.converged and int(draws) >= REMEDY_MIN_DRAWS:
+                    unconverged.setdefault(fi, []).append(m)
+                    notes.append(f"{split.label}: the {m} fit did not converge ({'; '.join(d.lines())}); "
+                                 "this fold is left out of the pooled scores")
+                elif not d.converged:
+                    notes.append(f"{split.label}: the {m} fit did not converge ({'; '.join(d.lines())}); an "
+                                 f"exploratory run (draws < {REMEDY_MIN_DRAWS}), scored anyway")
+                elif not d.trusted:
+                    notes.append(f"{split.label}: the {m} fit converged but is noisy ({'; '.join(d.warnings)})")
                 rows = _bayes_predict(fr, test_pts, rng, int(replicates), notes, m)
                 cross = _bayes_crossings(fr, groups, threshold, obs, test_pts)
             timings[f"{fi}/{m}"] = time.perf_counter() - t0
@@ -786,10 +806,16 @@ def backtest(
                      "scored: a backtest scores accuracy")
     cols = ["method", "fold", *POINT_KEYS[:-5], *_PRED_NAMES, "crps"]
     points = pd.DataFrame(all_rows, columns=cols)
-    scores = pd.DataFrame([{"method": m, **score_points(points[points.method == m]),
-                            "n_points": int((points.method == m).sum())} for m in methods])
+    def pooled(pts: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame([{"method": m, **score_points(pts[pts.method == m]),
+                              "n_points": int((pts.method == m).sum())} for m in methods])
+
+    excluded = sorted(unconverged)
+    scores_all = pooled(points)
+    scores = pooled(points[~points["fold"].isin(excluded)]) if excluded else scores_all
     ccols = ["method", "fold", *CROSSING_KEYS, "error_decades"]
     crossings = pd.DataFrame(all_cross, columns=ccols)
     return BacktestResult(points=points, scores=scores, crossings=crossings, fold_scores=pd.DataFrame(fold_scores),
                           splits=[s.describe() for s in splits], threshold=float(threshold), methods=methods,
-                          diagnostics=diagnostics, notes=list(dict.fromkeys(notes)), timings=timings)
+                          diagnostics=diagnostics, notes=list(dict.fromkeys(notes)), timings=timings,
+                          excluded_folds=excluded, scores_all=scores_all)

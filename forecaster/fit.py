@@ -36,6 +36,10 @@ SAMPLERS = ("nutpie", "pymc", "numpyro")
 #: design of a machine's later runs 22-33 s; a cache hit 0.5 s).
 COMPILE_NOTICE = ("compiling the model (the first fit of this design here: ~20-30 s, up to 2 min on a fresh install; "
                   "cached for later fits)")
+#: Fits smaller than this many draws per chain are exploratory: no remedy is tried when they do not converge.
+REMEDY_MIN_DRAWS = 200
+#: Posterior attribute saying that a fit did not converge at first and what was done.
+REMEDY_ATTR = "remedy"
 #: Posterior attribute with the compile cache's problems during the fit (one line each: why it was not used, or
 #: which entry was replaced); :func:`diagnose` turns them into notes.
 COMPILE_CACHE_ATTR = "compile_cache"
@@ -46,6 +50,9 @@ STORED_COLUMNS = (
 )
 RHAT_MAX = 1.01
 ESS_MIN = 400
+#: Below this effective sample size a fit has not explored its posterior: not converged (``Diagnostics.converged``).
+ESS_CONVERGED = 100
+RHAT_CONVERGED = 1.05
 #: A chain whose mean log density sits this many nats (and 10 within-chain sds) below the best chain's is
 #: stuck in a local mode (see :func:`stuck_chains`).
 STUCK_GAP = 50.0
@@ -70,6 +77,14 @@ class Diagnostics:
     @property
     def trusted(self) -> bool:
         return not self.warnings
+
+    @property
+    def converged(self) -> bool:
+        """The chains roughly agree and explore (R-hat <= 1.05, ESS >= 100, divergent transitions in at most 1%
+        of draws): perhaps noisy, which ``trusted`` (R-hat <= 1.01, ESS >= 400, none) does not allow, but not
+        wrong. A fit that is not converged is not scored (backtests) and is fitted again (``remedies``)."""
+        return (self.max_rhat <= RHAT_CONVERGED and self.divergences <= 0.01 * self.n_samples
+                and min(self.min_ess_bulk, self.min_ess_tail) >= ESS_CONVERGED)
 
     def lines(self) -> list[str]:
         return [
@@ -125,6 +140,8 @@ def diagnose(tree: xr.DataTree) -> Diagnostics:
     notes = (f"chain(s) {dropped} stuck in a local mode, mean log density {tree['posterior'].attrs.get('dropped_gap')} "
              f"below the best chain's: dropped; the posterior is from the other {n_chains} chains",) if dropped else ()
     notes += tuple(line for line in str(tree["posterior"].attrs.get(COMPILE_CACHE_ATTR, "")).split("\n") if line)
+    if tree["posterior"].attrs.get(REMEDY_ATTR):
+        notes += (str(tree["posterior"].attrs[REMEDY_ATTR]),)
     return Diagnostics(max_rhat, min_b, min_t, div, n_chains * n_draws, worst_var, tuple(msgs), notes)
 
 
@@ -269,6 +286,8 @@ def fit(
     progressbar: bool = False,
     c0: float | None = None,
     status: Callable[[str], None] | None = None,
+    remedies: bool = True,
+    log_likelihood: bool = True,
 ) -> FitResult:
     """Fit the hierarchical scaling model.
 
@@ -297,6 +316,13 @@ def fit(
         first fit of a design on this machine; later fits load it from the compile cache), and why the compile
         cache was not used when it was not (also recorded in the diagnostics' notes; without ``status``, a
         ``UserWarning``).
+    remedies : bool
+        When a fit of at least ``REMEDY_MIN_DRAWS`` draws and two chains does not converge, fit once more with
+        twice the tuning steps and ``target_accept`` 0.99, and keep the better fit (said in the diagnostics'
+        notes; the options record what was kept).
+    log_likelihood : bool
+        Keep the observed data and each cell's pointwise log-likelihood (for LOO and checks; ~1-2 s); off for
+        fits that are only forecast from (backtests).
 
     Returns
     -------
@@ -323,29 +349,36 @@ def fit(
     )
     if sampler == "pymc":
         kwargs["cores"] = min(int(chains), os.cpu_count() or 1)
-    initvals, jitter_rvs = _spread_start(pm_model, len(cells.tasks))
-    if sampler == "nutpie":
-        idata = _sample_nutpie(pm_model, initvals, jitter_rvs, kwargs, model_digest(cells, spec), status)
-    else:
-        # PyMC's and NumPyro's own start points jitter every variable (numpyro on the demo: one chain in the
-        # spurious mode, R-hat 1.53), so the chains get the start points nutpie's get: jittered except the spread
-        kwargs["initvals"] = _start_points(pm_model, initvals, jitter_rvs, int(seed), int(chains))
-        if sampler == "pymc":
-            kwargs["init"] = "adapt_diag"  # the start points above, not jittered again
-        else:
-            kwargs["nuts"] = {"jitter": False}
-        with pm_model, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            idata = pm.sample(**kwargs)
-    tree = _drop_stuck(_tidy_tree(idata))
-    tree = with_likelihood(tree, pm_model, cells)
+    digest = model_digest(cells, spec)
+    tree = _drop_stuck(_tidy_tree(_sample(pm_model, cells, kwargs, digest, status)))
+    remedy = ""
+    if remedies and int(draws) >= REMEDY_MIN_DRAWS and int(chains) >= 2:
+        first = diagnose(tree)
+        if not first.converged:  # the remedy: longer tuning and smaller steps, once; the better of the two is kept
+            kwargs2 = dict(kwargs, tune=2 * max(int(tune), 500), target_accept=max(0.99, float(target_accept)))
+            if status is not None:
+                status(f"not converged ({first.warnings[0].split(':')[0]}): fitting again with "
+                       f"{kwargs2['tune']} tuning steps and target_accept {kwargs2['target_accept']:g}")
+            tree2 = _drop_stuck(_tidy_tree(_sample(pm_model, cells, kwargs2, digest, None)))
+            second = diagnose(tree2)
+            better = (second.converged, -len(second.warnings), -second.max_rhat) >= (
+                first.converged, -len(first.warnings), -first.max_rhat)
+            if better:
+                tree, kwargs = tree2, kwargs2
+            remedy = (f"not converged with {int(tune)} tuning steps ({'; '.join(first.lines())}); refitted with "
+                      f"{kwargs2['tune']} and target_accept {kwargs2['target_accept']:g}: "
+                      f"{'converged' if second.converged else 'still not converged'}"
+                      f"{'' if better else ', so the first fit is kept'}")
+            tree["posterior"].attrs[REMEDY_ATTR] = remedy
+    if log_likelihood:
+        tree = with_likelihood(tree, pm_model, cells)
     post = tree["posterior"].to_dataset()
     extra = setting_population_draws(post, spec, len(cells.tasks), int(seed))
     if extra:  # the pooled setting shifts, integrated out of the sampled model, drawn from their conditional
         tree["posterior"] = xr.DataTree(post.assign(extra))
     options = dict(
-        seed=int(seed), draws=int(draws), tune=int(tune), chains=int(chains), sampler=sampler,
-        target_accept=float(target_accept), allow_single_compute=bool(allow_single_compute),
+        seed=int(seed), draws=int(draws), tune=int(kwargs["tune"]), chains=int(chains), sampler=sampler,
+        target_accept=float(kwargs["target_accept"]), allow_single_compute=bool(allow_single_compute),
     )
     meta = _to_dataset(table)
     meta.attrs.update(
@@ -355,6 +388,24 @@ def fit(
     tree["forecaster"] = xr.DataTree(meta)
     return FitResult(tree=tree, data=table, spec=spec, cells=cells, diagnostics=diagnose(tree), options=options,
                      structure=structure)
+
+
+def _sample(pm_model: pm.Model, cells: CellData, kwargs: dict, digest: str, status):
+    """Posterior draws of ``pm_model`` with the sampler and settings in ``kwargs`` (an InferenceData)."""
+    initvals, jitter_rvs = _spread_start(pm_model, len(cells.tasks))
+    if kwargs["nuts_sampler"] == "nutpie":
+        return _sample_nutpie(pm_model, initvals, jitter_rvs, kwargs, digest, status)
+    # PyMC's and NumPyro's own start points jitter every variable (numpyro on the demo: one chain in the
+    # spurious mode, R-hat 1.53), so the chains get the start points nutpie's get: jittered except the spread
+    kwargs = dict(kwargs, initvals=_start_points(pm_model, initvals, jitter_rvs, kwargs["random_seed"],
+                                                 kwargs["chains"]))
+    if kwargs["nuts_sampler"] == "pymc":
+        kwargs["init"] = "adapt_diag"  # the start points above, not jittered again
+    else:
+        kwargs["nuts"] = {"jitter": False}
+    with pm_model, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pm.sample(**kwargs)
 
 
 def observed_data(pm_model: pm.Model) -> xr.Dataset:

@@ -11,6 +11,7 @@ import xarray as xr
 
 from .errors import QueryError
 from .fit import FitResult
+from .model import accuracy_shows_no_rise
 from .metrics import (
     METRICS, check_threshold, crossing_log10_compute, crossing_log10_compute_two, item_spread, metric_value,
     threshold_log_ce, threshold_log_ce_varying,
@@ -37,8 +38,10 @@ class Forecast:
     ----------
     table : pandas.DataFrame
         One row per (task, family, setting): quantiles of log10 crossing
-        compute (NaN = not reached below 1e35 FLOPs), ``prob_reached_by_budget``
-        and ``prob_unreached``.
+        compute (NaN = not reached below 1e35 FLOPs), ``prob_reached_by_budget``,
+        ``prob_unreached`` and ``rests_on_prior`` (the task's data show no rise with
+        compute, :func:`forecaster.model.accuracy_shows_no_rise`: its crossing follows
+        the pooled slope prior, not its own data).
     draws : xarray.Dataset
         Per draw: ``log10_compute`` (crossing, +inf when never) and, with
         ``at``, ``metric_at`` (a new model's expected metric at each compute).
@@ -69,6 +72,8 @@ class Forecast:
 
 
 def _py(v):
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
     if isinstance(v, (np.floating, float)):
         return float(v)
     if isinstance(v, (np.integer,)):
@@ -306,6 +311,7 @@ def forecast(
     with np.errstate(invalid="ignore"):
         qs = np.quantile(capped, list(quantiles), axis=-1, method="linear")  # inf where beyond range
     rows = []
+    no_rise = dict(zip(fit.cells.tasks, accuracy_shows_no_rise(fit.cells)))
     for ti, t in enumerate(tasks_l):
         for fi, f in enumerate(tr["family"].values):
             for si, s in enumerate(tr["setting"].values):
@@ -319,6 +325,7 @@ def forecast(
                     float(np.mean(cell <= np.log10(budget))) if budget is not None else np.nan
                 )
                 row["prob_unreached"] = float(np.mean(unreached[ti, fi, si]))
+                row["rests_on_prior"] = bool(no_rise[t])  # the task's data show no rise: the slope is the prior's
                 rows.append(row)
     table = pd.DataFrame(rows)
     draws = xr.Dataset({"log10_compute": log10_c},

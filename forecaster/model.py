@@ -448,6 +448,26 @@ def floor_tasks(cells: CellData, spec: ModelSpec) -> np.ndarray:
                      for j in range(n_task)])
 
 
+def accuracy_shows_no_rise(cells: CellData, z_min: float = 2.0) -> np.ndarray:
+    """Tasks whose data cannot tell when they will rise (boolean mask over tasks): no log-prob or CE data, and
+    exact-match counts without a detectable rise with compute (Cochran-Armitage trend statistic of the counts
+    on log10 compute below ``z_min``; e.g. accuracy on its floor of lucky guesses). Their forecast crossing
+    follows the pooled slope prior, not the task's own data."""
+    out = np.zeros(len(cells.tasks), bool)
+    has_ce = (cells.item_n > 0) | np.isfinite(cells.ce_obs)
+    for j in range(len(cells.tasks)):
+        m = (cells.cell_task == j) & (cells.em_n > 0)
+        if has_ce[cells.cell_task == j].any() or not m.any():
+            continue
+        n, k, x = cells.em_n[m], cells.em_correct[m], cells.cell_x[m]
+        p = k.sum() / n.sum()
+        xbar = (n * x).sum() / n.sum()
+        var = p * (1.0 - p) * (n * (x - xbar) ** 2).sum()
+        z = ((k - n * p) * (x - xbar)).sum() / np.sqrt(var) if var > 0 else 0.0
+        out[j] = z < z_min
+    return out
+
+
 def _guess_rate(spec: ModelSpec, on: np.ndarray):
     """Per-task floor: free (prior ``guess_rate``) where ``on``, else fixed at 0."""
     return _free_where(spec, "guess_rate", on, 0.0)

@@ -22,6 +22,7 @@ from .errors import QueryError
 from .fit import FitResult
 from .forecast import MAX_LOG10_COMPUTE, Forecast, forecast, latent, metric_curve, trend
 from .metrics import METRICS, item_spread
+from .model import accuracy_shows_no_rise
 
 __all__ = ["plot_forecast", "plot_crossing", "plot_setting_effects", "MAX_PLOT_DRAWS"]
 
@@ -314,6 +315,7 @@ def plot_forecast(
     _validate_query(fit, metric, n, k)
 
     thin = _thin(fit)
+    no_rise = accuracy_shows_no_rise(cells)
     ncol = min(len(tasks), GRID_COLUMNS)
     nblock = math.ceil(len(tasks) / ncol)
     width = 8.6 if len(tasks) == 1 else 4.0 * ncol + 2.4
@@ -344,6 +346,9 @@ def plot_forecast(
             ax_top.set_title(f"{t} — {family}, {setting}")
         else:
             ax_top.set_title(t)
+        if no_rise[cells.tasks.index(t)]:
+            ax_top.text(0.02, 0.97, "no rise in the training data:\nthis forecast rests on the prior",
+                        transform=ax_top.transAxes, va="top", fontsize="small", color="#d62728")
     ax_top, ax_bot = legend_axes[0]
     for ax, entries in ((ax_top, top_legend), (ax_bot, bot_legend)):
         ax.legend(list(entries.values()), list(entries.keys()), loc="upper left", bbox_to_anchor=(1.02, 1.0),

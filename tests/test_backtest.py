@@ -258,7 +258,8 @@ def _truth_scenario():
 def test_known_truth_coverage():
     sc = _truth_scenario()
     res = backtest(sc.data, holdout_largest=3, methods=("forecaster", "logistic"), seed=4, draws=300, tune=300,
-                   chains=2, replicates=2)
+                   chains=4, replicates=2)
+    assert res.excluded_folds == [], res.notes  # a fit that did not converge would not be scored
     s = res.scores.set_index("method")
     n = int(s.loc["forecaster", "n_points"])
     assert n == 12 * 2 * 3
@@ -267,3 +268,32 @@ def test_known_truth_coverage():
     j = res.to_json_dict()
     assert tuple(j["points"][0]) == POINT_KEYS
     assert set(j["scores"]) == {"forecaster", "logistic"}
+
+
+def test_unconverged_folds_are_left_out_of_the_pooled_scores(monkeypatch, demo_table):
+    """A fold whose Bayesian fit did not converge is named and left out of the pooled scores (all methods);
+    the scores with it stay available."""
+    import dataclasses
+    import importlib
+
+    bt = importlib.import_module("forecaster.backtest")  # the module (fc.backtest is the function)
+    real_fit = bt.fit
+    calls = []
+
+    def fit_with_a_bad_second_fold(*args, **kwargs):
+        res = real_fit(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # pretend the second fold's fit did not converge
+            res.diagnostics = dataclasses.replace(res.diagnostics, max_rhat=1.3, warnings=("R-hat 1.3 > 1.01",))
+        return res
+
+    monkeypatch.setattr(bt, "fit", fit_with_a_bad_second_fold)
+    res = bt.backtest(demo_table, holdout_largest=[1, 2], methods=("forecaster", "logistic"), draws=bt.REMEDY_MIN_DRAWS,
+                      tune=300, chains=4, replicates=1)
+    assert res.excluded_folds == [1]
+    assert any("left out of the pooled scores" in n for n in res.notes)
+    kept = res.points[res.points["fold"] == 0]
+    for m in ("forecaster", "logistic"):
+        assert int(res.scores.set_index("method").loc[m, "n_points"]) == int((kept.method == m).sum())
+        assert int(res.scores_all.set_index("method").loc[m, "n_points"]) == int((res.points.method == m).sum())
+    assert res.to_json_dict()["excluded_folds"] == [1]

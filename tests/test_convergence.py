@@ -55,3 +55,19 @@ def test_constant_column_and_short_chains():
     assert bulk[2] == tail[2] == 800  # as ArviZ: a constant has the full sample size
     assert np.isfinite(bulk).all()
     assert all(np.isnan(v).all() for v in rhat_ess(x[:, :3]))
+
+
+def test_an_unconverged_fit_tries_its_remedy_and_says_so(demo_table):
+    """Without tuning the chains do not agree: the fit is repeated once with longer tuning and smaller steps,
+    the better fit is kept, and the notes say what happened (none of this with remedies off)."""
+    from forecaster.fit import REMEDY_MIN_DRAWS, fit
+
+    lines = []
+    res = fit(demo_table, seed=1, draws=REMEDY_MIN_DRAWS, tune=0, chains=2, status=lines.append)
+    notes = [n for n in res.diagnostics.notes if "refitted with" in n]
+    assert len(notes) == 1 and notes[0].startswith("not converged with 0 tuning steps"), res.diagnostics.notes
+    assert any(line.startswith("not converged") for line in lines)
+    if "first fit is kept" not in notes[0]:
+        assert res.options["tune"] == 1000 and res.options["target_accept"] == 0.99
+    off = fit(demo_table, seed=1, draws=REMEDY_MIN_DRAWS, tune=0, chains=2, remedies=False)
+    assert not any("refitted" in n for n in off.diagnostics.notes) and off.options["tune"] == 0

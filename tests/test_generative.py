@@ -119,3 +119,33 @@ def test_summary_prints_the_resolved_structure(tiny_fit_file):
     res = CliRunner().invoke(app, ["summary", str(tiny_fit_file)])
     assert res.exit_code == 0, res.output
     assert "exact-match floor (guess rate): logic-acc" in res.output and "sampled with:" in res.output
+
+
+def _counts_table(rising: bool, with_ce: bool = False):
+    import pandas as pd
+
+    from forecaster.data import validate
+
+    rows = []
+    for i, x in enumerate((18.0, 18.5, 19.0, 19.5, 20.0)):
+        k = 20 + 25 * i if rising else (20, 26, 19, 24, 21)[i]
+        row = dict(family="f", model=f"m{i}", task="t", compute=10**x, n_items=200, n_tokens=2, n_correct=k)
+        if with_ce:
+            row["ce"] = 2.0 - 0.2 * i
+        rows.append(row)
+    return validate(pd.DataFrame(rows))
+
+
+@pytest.mark.parametrize("rising,with_ce,expect", [(False, False, True), (True, False, False), (False, True, False)])
+def test_tasks_whose_data_show_no_rise_are_flagged(rising, with_ce, expect):
+    from forecaster.model import accuracy_shows_no_rise
+
+    assert accuracy_shows_no_rise(summarize(_counts_table(rising, with_ce))).tolist() == [expect]
+
+
+def test_forecast_table_carries_the_flag(tiny_fit):
+    import json
+
+    f = fc.forecast(tiny_fit, metric="exact_match", threshold=0.5)
+    assert f.table["rests_on_prior"].map(type).eq(bool).all() or f.table["rests_on_prior"].dtype == bool
+    json.dumps(f.records())  # JSON-ready

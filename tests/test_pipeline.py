@@ -15,7 +15,7 @@ from forecaster.cli import app
 runner = CliRunner()
 JSON_KEYS = ["task", "family", "setting", "metric", "k", "threshold", "log10_compute_q05", "log10_compute_q25",
              "log10_compute_q50", "log10_compute_q75", "log10_compute_q95", "prob_reached_by_budget",
-             "prob_unreached"]
+             "prob_unreached", "rests_on_prior"]
 
 
 def test_fit_result_and_diagnostics(tiny_fit):
