@@ -184,6 +184,8 @@ def fit(
     strict: Annotated[bool, typer.Option(help="Exit 1 when the posterior cannot be trusted (the fit file is still written, for inspection).")] = False,
     pool_single_compute: Annotated[bool, typer.Option(
         help="Fit tasks seen at one compute only through the pooled slope prior.")] = False,
+    remedies: Annotated[bool, typer.Option(
+        help="When the fit does not converge, fit again once with longer tuning and smaller steps.")] = True,
     from_format: FromFormat = "tidy",
     compute_table: ComputeTable = None,
     drop_unknown: DropUnknown = False,
@@ -203,7 +205,7 @@ def fit(
         result = run_fit(
             table, model=model, seed=seed, draws=draws, tune=tune, chains=chains, sampler=sampler,
             target_accept=target_accept, allow_single_compute=pool_single_compute,
-            progressbar=sys.stderr.isatty(), status=_notice,
+            progressbar=sys.stderr.isatty(), status=_notice, remedies=remedies,
         )
         took = time.perf_counter() - t0
         save_fit(result, output)
@@ -420,6 +422,44 @@ def effects(
 
 
 @app.command()
+def check(
+    fit_file: Annotated[Path, typer.Argument(metavar="FIT.nc")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Figure: ppc.png | .svg | .pdf")] = None,
+    draws: Annotated[int, typer.Option(help="Posterior draws to replicate the data from.")] = 500,
+    seed: Annotated[int, typer.Option()] = 0,
+    fmt: Annotated[str, typer.Option("--format", help="table | json | csv (json and csv: every observation)")] = "table",
+    table: Annotated[Optional[Path], typer.Option(help="Write the table here instead of printing it.")] = None,
+) -> None:
+    """Posterior predictive check: observed against replicated data per task, PIT, the worst-fitting cells."""
+
+    def go():
+        from .check import check as run_check
+        from .check_plots import plot_check
+        from .io import atomic_path, load_fit
+
+        _check_format(fmt, table)
+        if output is not None:
+            _check_out(output, PLOT_SUFFIXES)
+        if draws < 1:
+            raise ForecasterError(f"--draws must be >= 1, got {draws}")
+        result = run_check(load_fit(fit_file), draws=draws, seed=seed)
+        if fmt == "table":
+            _write_table(result.tasks, fmt, table, "observed inside the replicated 50% / 90% intervals, per task")
+            worst = result.worst(5)[["quantity", "task", "setting", "model", "observed", "rep_q05", "rep_q95", "pit"]]
+            if table is None:
+                _write_table(worst, fmt, None, "worst-fitting cells (PIT farthest from 0.5)")
+        else:
+            _write_table(result.points, fmt, table, "")
+        if output is not None:
+            fig = plot_check(result)
+            with atomic_path(output) as tmp:
+                fig.savefig(tmp, format=output.suffix.lstrip(".").lower(), bbox_inches="tight", dpi=110)
+            typer.echo(f"wrote {output}", err=True)
+
+    _run(go)
+
+
+@app.command()
 def summary(fit_file: Annotated[Path, typer.Argument(metavar="FIT.nc")]) -> None:
     """Parameters and convergence diagnostics of a saved fit."""
 
@@ -433,6 +473,8 @@ def summary(fit_file: Annotated[Path, typer.Argument(metavar="FIT.nc")]) -> None
         typer.echo(f"model spec: {result.spec.name}; tasks: {', '.join(c.tasks)}; families: {', '.join(c.families)}; "
                    f"settings: {', '.join(c.settings)} (reference: {c.settings[0]}); c0 = {c.c0:g} (log10 FLOPs)")
         typer.echo("options: " + ", ".join(f"{k}={v}" for k, v in result.options.items()))
+        for line in result.structure.describe(c.tasks):
+            typer.echo(line)
         with pd.option_context("display.width", 200, "display.max_rows", 500):
             typer.echo(result.summary().to_string())
         _print_diagnostics(result)
@@ -643,12 +685,12 @@ def _hoist_debug(args: list[str]) -> list[str]:
 
 def main() -> None:
     """Entry point: usage errors (a bad option value, a missing argument) as one line and exit code 2."""
-    from typer import Abort
+    from typer import Abort, BadParameter
 
-    try:  # typer >= 0.20 vendors click
-        from typer._click.exceptions import UsageError
-    except ImportError:  # pragma: no cover - older typer
-        from click.exceptions import UsageError
+    # click's UsageError (a bad option value, a missing argument), reached through typer's public API: typer.BadParameter
+    # is click's BadParameter, a UsageError by click's documented hierarchy, whether typer vendors click (>= 0.20, as
+    # the private typer._click) or uses the click package. tests/test_private_apis.py checks that this finds it.
+    UsageError = next((c for c in BadParameter.__mro__ if c.__name__ == "UsageError"), BadParameter)
 
     try:
         rc = app(args=_hoist_debug(sys.argv[1:]), standalone_mode=False)
