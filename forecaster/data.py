@@ -22,6 +22,11 @@ fit grows with the number of cells, not with the number of items or tokens.
 
 from __future__ import annotations
 
+import decimal
+import math
+import os
+import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -53,39 +58,147 @@ NUMERIC_COLUMNS = (
 _LINE = "_line"
 
 
+def _one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped (``\\n``, ``\\x1c``, ``\\u2028``, lone
+    surrogates too), so that a message stays one printable line whatever names and paths it quotes."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text)
+
+
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def _q(value, limit: int = 60) -> str:
+    """A value quoted for a message: its repr on one line, shortened to about ``limit`` characters."""
+    try:
+        text = repr(value.item() if isinstance(value, np.generic) else value)
+    except Exception:  # a repr that fails: name the type instead
+        text = f"<{type(value).__name__}>"
+    text = _one_line(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _fail(message: str) -> DataError:
+    """The DataError for ``message``, made one line."""
+    return DataError(_one_line(message))
+
+
 def _reject_first(df: pd.DataFrame, bad: pd.Series, source: str, message) -> None:
     """Raise for the first row flagged in ``bad``: its file and line, then ``message(row)``."""
     if bad.any():
         i = bad.idxmax()
-        raise DataError(f"{_where(source, df.at[i, _LINE])}: {message(df.loc[i])}")
+        raise _fail(f"{_where(source, df.at[i, _LINE])}: {message(df.loc[i])}")
 
 
 def _where(source: str, line) -> str:
+    line = line if isinstance(line, (int, np.integer)) and not isinstance(line, bool) else _q(line, 30)
     return f"{source}, line {line}" if source and not source.startswith("<") else f"{source} row {line}"
 
 
+#: Columns of names and ids: read as the text written in a CSV (not parsed as numbers).
+_TEXT_COLUMNS = (*ID_COLUMNS, "setting", "item")
+
+
+def _raw(p: Path, name: str, n: int = -1) -> bytes:
+    """The first ``n`` bytes (all: -1) of a CSV, decompressed if it is a .gz; b"" if they cannot be read."""
+    import gzip
+
+    try:
+        with (gzip.open(p, "rb") if name.endswith(".gz") else open(p, "rb")) as f:
+            return f.read(n)
+    except (OSError, EOFError, zlib.error):  # not gzip after all, unreadable: the CSV reader says so
+        return b""
+
+
+def _not_utf8_line(p: Path, name: str) -> str:
+    """' on line N' for the first line of the file that is not UTF-8 ('' when that cannot be told)."""
+    data = _raw(p, name)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return f" on line {line}"
+    return ""
+
+
+def _whole_ids(v: pd.Series) -> pd.Series:
+    """A column of ids, all whole numbers written as floats (Parquet floats, or text ``1.0``), as integer text."""
+    ok = v.dropna()
+    if not len(ok):
+        return v
+    if pd.api.types.is_float_dtype(v):
+        if np.isfinite(ok).all() and (ok == np.round(ok)).all():
+            return v.astype(object).map(lambda x: x if pd.isna(x) else str(int(x)))
+    elif pd.api.types.is_string_dtype(v) and ok.astype(str).str.fullmatch(r"\s*-?\d+\.0\s*").all():
+        return v.where(v.isna(), v.astype(str).str.strip().str[:-2])
+    return v
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read one CSV or Parquet file (by extension; ``.csv.gz`` works) without validating it."""
+    """Read one CSV or Parquet file (by extension, or by Parquet's first bytes; ``.csv.gz`` works) without
+    validating it.
+
+    Names and ids (family, model, task, setting, item) are read as the text the CSV holds (``070`` stays
+    ``070``), and ids that are all whole numbers written as floats (``1.0``: what pandas writes for a number
+    column with gaps, such as item ids beside aggregate rows, in CSV or Parquet) as the integers (``"1"``), so
+    that the same items match across files whichever tool wrote them.
+    A UTF-8 or UTF-16 byte-order mark, CRLF line ends, blank lines and rows of bare commas (a spreadsheet's
+    leftovers) are fine; line numbers in messages stay those of the file.
+    """
     p = Path(path)
     name = p.name.lower()
-    if not p.exists():
+    parquet = name.endswith((".parquet", ".pq"))
+    try:
+        exists = p.exists()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte in it
+        raise DataError(f"{p}: cannot be opened ({getattr(exc, 'strerror', None) or exc}); check the path") from None
+    if not exists:
         raise DataError(f"{p}: file not found; check the path")
     if p.is_dir():
         raise DataError(f"{p}: is a directory; pass a CSV or Parquet file")
+    magic = b"" if parquet else _raw(p, name, 4)
+    if magic == b"PK\x03\x04" and not name.endswith(".zip"):  # (pandas reads a zipped .csv.zip)
+        raise DataError(f"{p}: is a zip file (an Excel workbook?), not CSV; save it as CSV UTF-8 or Parquet")
+    parquet = parquet or magic == b"PAR1"  # a Parquet file under another name
     try:
-        if name.endswith((".parquet", ".pq")):
+        if parquet:
             df = pd.read_parquet(p)
         else:
-            df = pd.read_csv(p)
+            # a UTF-16 byte-order mark: Excel's "Unicode text", PowerShell's Export-Csv
+            enc = "utf-16" if magic[:2] in (b"\xff\xfe", b"\xfe\xff") else None
+            opts = dict(encoding=enc, skipinitialspace=True)  # "a, b, c": a space after a comma is no value
+            header = pd.read_csv(p, nrows=0, **opts).columns
+            opts["dtype"] = {c: str for c in header if str(c).strip() in _TEXT_COLUMNS}
+            try:  # blank lines kept as empty rows (dropped below), so that rows keep their line numbers
+                df = pd.read_csv(p, skip_blank_lines=False, **opts)
+            except pd.errors.EmptyDataError:  # blank lines above the header: skipped (lines count from it)
+                df = pd.read_csv(p, **opts)
     except pd.errors.EmptyDataError:
         raise DataError(f"{p}: file is empty; it needs a header row and at least one data row") from None
-    except Exception as exc:  # unreadable: binary garbage, bad encoding, broken parquet
+    except UnicodeError:
+        raise DataError(f"{p}: is not UTF-8 text{_not_utf8_line(p, name)}; save it as UTF-8 CSV "
+                        "(Excel: 'CSV UTF-8') or Parquet") from None
+    except Exception as exc:  # unreadable: binary garbage, broken gzip or parquet
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"{p}: cannot be read as CSV or Parquet ({first}); save it as UTF-8 CSV or Parquet") from None
+    if not parquet and len(df.columns) == 1:
+        for sep, what in ((";", "';'"), ("\t", "tabs")):
+            if sep in str(df.columns[0]):
+                raise DataError(f"{p}: columns are separated by {what}, not commas; save it as comma-separated "
+                                "CSV or Parquet")
+    if isinstance(df.columns, pd.MultiIndex):  # (a Parquet file written from a table with such columns)
+        raise DataError(f"{p}: has {df.columns.nlevels} levels of column names; give one header row of plain names")
+    # line numbers as a person sees them in the file (header is line 1); Parquet rows count from 0
+    df[_LINE] = np.arange(len(df)) + (0 if parquet else 2)
+    for col in df.columns if df.columns.is_unique else ():  # whole-number ids written as floats: as integers
+        if str(col).strip() in _TEXT_COLUMNS:
+            df[col] = _whole_ids(df[col])
+    if not parquet:  # blank lines and rows of bare commas hold nothing: drop them (their lines still count)
+        cells = df.drop(columns=_LINE)
+        blank = cells.isna().all(axis=1)
+        if blank.any():
+            df = df[~blank].reset_index(drop=True)
     if df.empty:
         raise DataError(f"{p}: has a header but no data rows; add results, one row per item or per (model, task, setting)")
-    # line numbers as a person sees them in the file (header is line 1)
-    df[_LINE] = np.arange(len(df)) + (2 if not name.endswith((".parquet", ".pq")) else 0)
     df.attrs["source"] = str(p)
     return df
 
@@ -105,18 +218,31 @@ def load_table(paths: str | Path | Sequence[str | Path], *, allow_single_compute
     -------
     pandas.DataFrame
         The validated table (see :func:`validate`).
+
+    Raises
+    ------
+    forecaster.errors.DataError
+        With a one-line message naming the file, line and column, and the fix.
     """
-    if isinstance(paths, (str, Path)):
+    if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    elif not isinstance(paths, Iterable) or isinstance(paths, (bytes, pd.DataFrame)):
+        raise _fail(f"expected file paths, got {type(paths).__name__}; pass CSV or Parquet file names")
+    paths = list(paths)
     frames = []
     for p in paths:
-        df = read_table(p)
-        df = _check_rows(df, source=str(p))
-        frames.append(df)
+        if not isinstance(p, (str, os.PathLike)) or not str(p).strip():
+            raise _fail(f"expected a file path, got {_q(p)}; pass CSV or Parquet file names")
+        source = _one_line(str(p))
+        try:
+            df = read_table(p)
+        except DataError as exc:
+            raise _fail(str(exc)) from None
+        frames.append(_check_rows(df, source=source))
     if not frames:
-        raise DataError("no input files given; pass at least one CSV or Parquet file")
-    table = pd.concat(frames, ignore_index=True)
-    table.attrs["source"] = ", ".join(str(p) for p in paths)
+        raise _fail("no input files given; pass at least one CSV or Parquet file")
+    table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+    table.attrs["source"] = ", ".join(_one_line(str(p)) for p in paths)
     return _check_table(table, allow_single_compute=allow_single_compute)
 
 
@@ -126,7 +252,9 @@ def validate(df: pd.DataFrame, *, source: str = "<table>", allow_single_compute:
     The returned table has a ``compute`` column (filled from ``6*params*tokens``
     where needed), a ``setting`` column (``"default"`` where absent), a
     ``kind`` column (``"item"`` or ``"aggregate"``) and ``n_correct`` filled from
-    ``accuracy * n_items`` where only accuracy was given.
+    ``accuracy * n_items`` where only accuracy was given. Names and ids
+    (family, model, task, setting, item) are text, numbers are floats, and
+    column names are stripped text.
 
     Parameters
     ----------
@@ -145,67 +273,177 @@ def validate(df: pd.DataFrame, *, source: str = "<table>", allow_single_compute:
     Raises
     ------
     forecaster.errors.DataError
-        With a one-line message naming the source, row and column, and the fix.
+        With a one-line message naming the source, row and column, and the fix;
+        for any input (validation is total: no other exception).
     """
+    source = _one_line(str(source))
     if not isinstance(df, pd.DataFrame):
-        raise DataError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
+        raise _fail(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
+    if df.shape[1] == 0:
+        raise _fail(f"{source}: the table has no columns; give family, model, task, compute and the results")
     if df.empty:
-        raise DataError(f"{source}: the table has no rows; add results, one row per item or per (model, task, setting)")
-    df = df.copy()
-    if _LINE not in df.columns:
-        df[_LINE] = df.index
+        raise _fail(f"{source}: the table has no rows; add results, one row per item or per (model, task, setting)")
+    df = _plain_columns(df, source)  # a copy
+    if _LINE not in df.columns:  # rows are named by their index label in messages
+        df[_LINE] = df.index.to_flat_index()
+    df = df.reset_index(drop=True)
     df.attrs["source"] = source
     df = _check_rows(df, source=source)
     return _check_table(df, allow_single_compute=allow_single_compute)
 
 
-def _numeric(df: pd.DataFrame, col: str, source: str, mask: pd.Series | None = None) -> pd.Series:
-    """Column as float; non-numeric entries raise with the offending row."""
+def _plain_columns(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    """A copy with column names as stripped text; several levels of column names, or a repeated name, raise."""
+    if isinstance(df.columns, pd.MultiIndex):
+        raise _fail(f"{source}: the table has {df.columns.nlevels} levels of column names; give one header row "
+                    "of plain names (family, model, task, ...)")
+    names = [str(c).strip() for c in df.columns]
+    if len(set(names)) < len(names):
+        seen: set[str] = set()
+        dup = next(n for n in names if n in seen or seen.add(n))
+        raise _fail(f"{source}: column {_q(dup)} appears {names.count(dup)} times; keep one column of each name "
+                    "(rename or drop the others)")
+    out = df.copy()
+    out.columns = names
+    return out
+
+
+_BAD = object()  # a cell that is neither text nor a number (a list, bytes that are not UTF-8, a date...)
+
+
+def _text_value(v):
+    """One cell as text (numbers as their text), None where missing, _BAD where it is no name at all."""
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no file can hold it
+            return _BAD
+        return v
+    if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, (float, np.floating)) and v != v):
+        return None
+    if isinstance(v, (bool, int, float, decimal.Decimal, np.bool_, np.integer, np.floating)):
+        return str(v)
+    if isinstance(v, (bytes, bytearray)):
+        try:
+            return bytes(v).decode("utf-8")
+        except UnicodeDecodeError:
+            return _BAD
+    return _BAD
+
+
+def _text(df: pd.DataFrame, col: str, source: str) -> pd.Series:
+    """Column of names/ids as stripped text (numbers as their text), NaN where missing; other objects raise."""
     raw = df[col]
-    vals = pd.to_numeric(raw, errors="coerce").astype(float)
-    bad = vals.isna() & raw.notna()
-    if mask is not None:
-        bad &= mask
+    try:  # fast path: a text or number column
+        if not (pd.api.types.is_string_dtype(raw.dtype) and raw.dtype != object) and not (
+            pd.api.types.is_numeric_dtype(raw.dtype) or pd.api.types.infer_dtype(raw, skipna=True) in ("string", "empty")
+        ):
+            raise TypeError("mixed")
+        return raw.astype(str).str.strip().where(raw.notna(), np.nan)  # pandas 2 writes NaN as "nan"
+    except (TypeError, ValueError, UnicodeError):
+        pass
+    vals = raw.astype(object).map(_text_value)
+    bad = vals.map(lambda v: v is _BAD)
     if bad.any():
         i = bad.idxmax()
-        raise DataError(
-            f"{_where(source, df.at[i, _LINE])}: column '{col}' has non-numeric value {raw[i]!r}; write a plain number"
-        )
+        v = raw.at[i]
+        what = "text that is not valid Unicode" if isinstance(v, (str, bytes, bytearray)) else f"a {type(v).__name__}"
+        raise _fail(f"{_where(source, df.at[i, _LINE])}: column '{col}' holds {what} ({_q(v)}), not a name; "
+                    f"write the {col} as plain text")
+    return vals.astype(str).str.strip().where(vals.notna(), np.nan)  # pandas 2 writes None as "None"
+
+
+def _number_value(v):
+    """One cell for :func:`pandas.to_numeric`: numbers as floats, text as stripped text, None where missing,
+    _BAD where it is neither."""
+    if isinstance(v, str):
+        return v.strip() or None  # blank text is an empty cell
+    if v is None or v is pd.NA or v is pd.NaT:
+        return None
+    if isinstance(v, (bool, int, float, decimal.Decimal, np.bool_, np.integer, np.floating)):
+        try:
+            return float(v)
+        except OverflowError:  # an integer beyond the float range
+            return math.inf if v > 0 else -math.inf
+        except ValueError:  # Decimal("sNaN")
+            return _BAD
+    if isinstance(v, (bytes, bytearray)):
+        try:
+            return bytes(v).decode("utf-8").strip() or None
+        except UnicodeDecodeError:
+            return _BAD
+    return _BAD
+
+
+def _floats(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """A column as floats (NaN where empty: missing values, blank text) and the mask of its cells that are no
+    number (text that is not a number, lists, bytes that are not UTF-8, dates, complex numbers...). Total: any
+    column gives an answer; integers beyond the float range become infinite."""
+    try:  # fast path: numbers, or text of numbers
+        dtype = raw.dtype
+        if getattr(dtype, "kind", "O") in "mMcV" or isinstance(
+                dtype, (pd.PeriodDtype, pd.IntervalDtype, pd.CategoricalDtype)):
+            raise TypeError("no numbers")
+        if dtype == object and pd.api.types.infer_dtype(raw, skipna=True) not in (
+                "string", "empty", "integer", "floating", "mixed-integer-float", "boolean", "decimal"):
+            raise TypeError("mixed")
+        vals = pd.to_numeric(raw, errors="coerce").astype(float)
+        cells, flagged = raw, None
+    except (TypeError, ValueError, OverflowError):  # cell by cell: complex, lists, bytes, dates, huge integers...
+        cells = raw.astype(object).map(_number_value)
+        flagged = cells.map(lambda v: v is _BAD).astype(bool)
+        cells = cells.where(~flagged, None)
+        vals = pd.to_numeric(cells, errors="coerce").astype(float)
+    bad = np.array(vals.isna() & cells.notna(), dtype=bool)
+    if bad.any():  # blank text is an empty cell
+        at = np.flatnonzero(bad)
+        bad[at] = ~cells.iloc[at].map(lambda v: isinstance(v, str) and not v.strip()).to_numpy(bool)
+    if flagged is not None:
+        bad |= flagged.to_numpy(bool)
+    return vals, pd.Series(bad, index=raw.index)
+
+
+def _numeric(df: pd.DataFrame, col: str, source: str) -> pd.Series:
+    """Column as float; non-numeric or infinite entries raise with the offending row. Blank text is missing."""
+    vals, bad = _floats(df[col])
+    if bad.any():
+        i = bad.idxmax()
+        raise _fail(f"{_where(source, df.at[i, _LINE])}: column '{col}' has non-numeric value {_q(df[col].at[i])}; "
+                    "write a plain number")
     inf = np.isinf(vals)
-    if mask is not None:
-        inf &= mask
     if inf.any():
         i = inf.idxmax()
-        raise DataError(f"{_where(source, df.at[i, _LINE])}: column '{col}' is infinite; write a finite number")
+        raise _fail(f"{_where(source, df.at[i, _LINE])}: column '{col}' is infinite or too large "
+                    f"({_q(df[col].at[i])}); write a finite number")
     return vals
 
 
 def _require_present(df: pd.DataFrame, col: str, mask: pd.Series, source: str, why: str) -> None:
     if col not in df.columns:
         i = mask.idxmax()
-        raise DataError(f"{source}: missing column '{col}' ({why}, e.g. {_where(source, df.at[i, _LINE])}); add it")
+        raise _fail(f"{source}: missing column '{col}' ({why}, e.g. {_where(source, df.at[i, _LINE])}); add it")
     missing = mask & df[col].isna()
     if missing.any():
         i = missing.idxmax()
-        raise DataError(
+        raise _fail(
             f"{_where(source, df.at[i, _LINE])}: column '{col}' is empty or NaN ({why}); fill it in or drop the row"
         )
 
 
 def _check_rows(df: pd.DataFrame, *, source: str) -> pd.DataFrame:
     """Per-row checks of one source: columns, types, ranges."""
-    df = df.rename(columns=lambda c: str(c).strip())
+    df = _plain_columns(df, source).reset_index(drop=True)  # rows are named by their _line
     for col in ID_COLUMNS:
         if col not in df.columns:
-            raise DataError(f"{source}: missing column '{col}'; every row needs family, model and task")
-        empty = df[col].isna() | (df[col].astype(str).str.strip() == "")
+            raise _fail(f"{source}: missing column '{col}'; every row needs family, model and task")
+        df[col] = _text(df, col, source)
+        empty = df[col].isna() | (df[col] == "")
         if empty.any():
             i = empty.idxmax()
-            raise DataError(f"{_where(source, df.at[i, _LINE])}: column '{col}' is empty; name the {col}")
-        df[col] = df[col].astype(str).str.strip()
+            raise _fail(f"{_where(source, df.at[i, _LINE])}: column '{col}' is empty; name the {col}")
     if "setting" in df.columns:
-        df["setting"] = df["setting"].where(df["setting"].notna(), DEFAULT_SETTING).astype(str).str.strip()
-        df.loc[df["setting"] == "", "setting"] = DEFAULT_SETTING
+        setting = _text(df, "setting", source)
+        df["setting"] = setting.where(setting.notna() & (setting != ""), DEFAULT_SETTING)
     else:
         df["setting"] = DEFAULT_SETTING
 
@@ -221,16 +459,20 @@ def _check_rows(df: pd.DataFrame, *, source: str) -> pd.DataFrame:
         need = df["compute"].isna() if "compute" in df.columns else everything
         _require_present(df, "params", need, source, "compute is missing, so compute = 6*params*tokens")
         _require_present(df, "tokens", need, source, "compute is missing, so compute = 6*params*tokens")
-        filled = 6.0 * df["params"] * df["tokens"]
+        with np.errstate(over="ignore"):
+            filled = 6.0 * df["params"] * df["tokens"]
+        _reject_first(df, need & np.isinf(filled), source, lambda r: (
+            f"compute = 6*params*tokens = 6*{r['params']:g}*{r['tokens']:g} is beyond the float range; "
+            "fix params and tokens, or give 'compute' in FLOPs"))
         df["compute"] = df["compute"].where(~need, filled) if "compute" in df.columns else filled
     elif "compute" in df.columns:
         i = df["compute"].isna().idxmax()
-        raise DataError(
+        raise _fail(
             f"{_where(source, df.at[i, _LINE])}: column 'compute' is empty or NaN; give training FLOPs, "
             "or add columns params and tokens"
         )
     else:
-        raise DataError(
+        raise _fail(
             f"{source}: missing column 'compute'; add training FLOPs as 'compute', or both 'params' and 'tokens'"
         )
     for col in ("params", "tokens"):
@@ -242,14 +484,14 @@ def _check_rows(df: pd.DataFrame, *, source: str) -> pd.DataFrame:
 
     # row kind
     if "item" in df.columns:
-        is_item = df["item"].notna() & (df["item"].astype(str).str.strip() != "")
+        item = _text(df, "item", source)
+        is_item = item.notna() & (item != "")
     else:
         is_item = pd.Series(False, index=df.index)
     is_agg = ~is_item
     df["kind"] = np.where(is_item, "item", "aggregate")
     if "item" in df.columns:  # item ids as text (numeric ids too), empty for aggregate rows
-        df["item"] = df["item"].astype(object).where(is_item, None).map(
-            lambda v: None if v is None else str(v).strip())
+        df["item"] = item.where(is_item)
 
     # answer length, for both kinds
     _require_present(df, "n_tokens", everything, source, "answer length in tokens, needed for every row")
@@ -274,7 +516,7 @@ def _check_rows(df: pd.DataFrame, *, source: str) -> pd.DataFrame:
         none = is_agg & ~has["ce"] & ~has["n_correct"] & ~has["accuracy"]
         if none.any():
             i = none.idxmax()
-            raise DataError(
+            raise _fail(
                 f"{_where(source, df.at[i, _LINE])}: an aggregate row needs 'ce', 'n_correct' or 'accuracy' "
                 "(or 'item' and 'logprob' for a per-item row); add one of them"
             )
@@ -309,45 +551,46 @@ def _check_table(df: pd.DataFrame, *, allow_single_compute: bool) -> pd.DataFram
     # duplicates
     item_rows = df[df["kind"] == "item"]
     _reject_first(df, item_rows.duplicated(cell + ["item"], keep="first"), source, lambda r: (
-        f"duplicate row for model {r['model']!r}, task {r['task']!r}, setting {r['setting']!r}, "
-        f"item {r['item']!r}; keep one row per item"))
+        f"duplicate row for model {_q(r['model'])}, task {_q(r['task'])}, setting {_q(r['setting'])}, "
+        f"item {_q(r['item'])}; keep one row per item"))
     agg_rows = df[df["kind"] == "aggregate"]
     _reject_first(df, agg_rows.duplicated(cell, keep="first"), source, lambda r: (
-        f"duplicate aggregate row for model {r['model']!r}, task {r['task']!r}, setting {r['setting']!r}; "
+        f"duplicate aggregate row for model {_q(r['model'])}, task {_q(r['task'])}, setting {_q(r['setting'])}; "
         "keep one row per (model, task, setting)"))
     both = set(map(tuple, item_rows[cell].drop_duplicates().to_numpy())) & set(
         map(tuple, agg_rows[cell].to_numpy())
     )
     if both:
         f, m, t, s = sorted(both)[0]
-        raise DataError(
-            f"{source}: model {m!r}, task {t!r}, setting {s!r} has both per-item and aggregate rows; "
+        raise _fail(
+            f"{source}: model {_q(m)}, task {_q(t)}, setting {_q(s)} has both per-item and aggregate rows; "
             "keep one kind per (model, task, setting)"
         )
     # a model has one family and one compute
     fam = df.groupby("model")["family"].nunique()
     if (fam > 1).any():
         m = fam[fam > 1].index[0]
-        raise DataError(f"{source}: model {m!r} appears under several families; give each model one family")
-    comp = df.groupby("model")["compute"].agg(lambda c: c.max() / c.min())
+        raise _fail(f"{source}: model {_q(m)} appears under several families; give each model one family")
+    by_model = df.groupby("model")["compute"]
+    comp = by_model.max() / by_model.min()
     if (comp > 1 + 1e-9).any():
         m = comp[comp > 1 + 1e-9].index[0]
-        raise DataError(
-            f"{source}: model {m!r} has different compute values; give each model (checkpoint) one compute, "
+        raise _fail(
+            f"{source}: model {_q(m)} has different compute values; give each model (checkpoint) one compute, "
             "or name checkpoints as separate models"
         )
     # identifiability
     n_compute = df["compute"].nunique()
     if n_compute < 2:
-        raise DataError(
+        raise _fail(
             f"{source}: all rows have the same compute ({df['compute'].iloc[0]:g} FLOPs): a scaling trend needs "
             "results from at least two model sizes or checkpoints"
         )
     per_task = df.groupby("task")["compute"].nunique()
     single = per_task[per_task < 2]
     if len(single) and not allow_single_compute:
-        raise DataError(
-            f"{source}: task {single.index[0]!r} is seen at a single compute only, so its slope cannot be "
+        raise _fail(
+            f"{source}: task {_q(single.index[0])} is seen at a single compute only, so its slope cannot be "
             "identified; add results at another compute, or allow it to borrow the pooled slope "
             "(--pool-single-compute / allow_single_compute=True)"
         )

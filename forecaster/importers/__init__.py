@@ -25,13 +25,16 @@ accepts.
 
 from __future__ import annotations
 
+import inspect
+import os
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 
 from ..catalog import fill_compute, read_compute_table
-from ..errors import DataError
+from ..data import _one_line, _q
+from ..errors import DataError, ForecasterError
 
 __all__ = ["FORMATS", "import_results", "expand_paths"]
 
@@ -43,12 +46,20 @@ _ALIASES = {"lm-eval": "lm-eval", "lmeval": "lm-eval", "lm_eval": "lm-eval", "lm
 
 def expand_paths(paths: Iterable[str | Path], patterns: tuple[str, ...], what: str) -> list[Path]:
     """Files named by ``paths``: files as given, directories searched recursively for ``patterns``."""
-    if isinstance(paths, (str, Path)):
+    if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    elif not isinstance(paths, Iterable) or isinstance(paths, bytes):
+        raise DataError(f"expected file or folder paths, got {type(paths).__name__}; pass {what} files or folders")
     out: list[Path] = []
     for raw in paths:
+        if not isinstance(raw, (str, os.PathLike)) or not str(raw).strip():
+            raise DataError(f"expected a file or folder path, got {_q(raw)}; pass {what} files or folders")
         p = Path(raw)
-        if not p.exists():
+        try:
+            exists = p.exists()
+        except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte in it
+            raise DataError(f"{p}: cannot be opened ({getattr(exc, 'strerror', None) or exc}); check the path") from None
+        if not exists:
             raise DataError(f"{p}: file not found; check the path")
         if p.is_dir():
             found = sorted({f for pat in patterns for f in p.rglob(pat) if f.is_file()})
@@ -102,9 +113,19 @@ def import_results(
         One line naming the file (or model) and the fix: unknown format, unreadable
         or malformed file, or a model without known compute.
     """
+    try:
+        return _import(fmt, paths, compute_table, drop_unknown, options)
+    except ForecasterError as exc:  # one line, whatever names and paths the message quotes
+        msg = _one_line(str(exc))
+        if msg == str(exc):
+            raise
+        raise type(exc)(msg) from None
+
+
+def _import(fmt, paths, compute_table, drop_unknown: bool, options: dict) -> pd.DataFrame:
     key = _ALIASES.get(str(fmt).strip().lower())
     if key is None:
-        raise DataError(f"unknown import format {fmt!r}; use one of: {', '.join(FORMATS)}")
+        raise DataError(f"unknown import format {_q(fmt)}; use one of: {', '.join(FORMATS)}")
     table = read_compute_table(compute_table) if compute_table is not None else None
     if key == "lm-eval":
         from .lmeval import read_lmeval as reader
@@ -114,6 +135,10 @@ def import_results(
         from .bigbench import read_bigbench as reader
     else:
         from .long import read_long as reader
+    known = [n for n in inspect.signature(reader).parameters if n != "paths"]
+    unknown = [n for n in options if n not in known]
+    if unknown:
+        raise DataError(f"option {unknown[0]!r} does not apply to the {key} format; its options: {', '.join(known)}")
     df = reader(paths, **options)
     if df.empty:
         raise DataError(f"{', '.join(map(str, paths if isinstance(paths, list) else [paths]))}: no results found; "

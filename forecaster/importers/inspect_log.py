@@ -20,11 +20,13 @@ Samples that errored (no score) are skipped.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..data import _one_line, _q
 from ..errors import DataError
 
 __all__ = ["read_inspect"]
@@ -52,7 +54,7 @@ def _setting(task_args: dict | None) -> str:
         if task_args and task_args.get(k) is not None:
             try:
                 return f"{int(task_args[k])}-shot"
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 pass
     return "default"
 
@@ -62,7 +64,7 @@ def read_one(path: Path, scorer: str | None = None, n_tokens: float | None = Non
     try:
         log = read_eval_log(str(path))
     except Exception as exc:  # the reader raises many kinds of errors on a damaged file
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        first = _one_line((str(exc).splitlines() or [type(exc).__name__])[0][:200])
         raise DataError(f"{path}: cannot be read as an Inspect log ({first}); pass the .eval/.json log Inspect wrote") from None
     ev = getattr(log, "eval", None)
     if ev is None or not getattr(ev, "model", None) or not getattr(ev, "task", None):
@@ -74,12 +76,15 @@ def read_one(path: Path, scorer: str | None = None, n_tokens: float | None = Non
             continue
         name = scorer or next(iter(s.scores))
         if name not in s.scores:
-            raise DataError(f"{path}: sample {s.id!r} has no score {name!r} (scorers: {', '.join(s.scores)}); "
-                            "pick one with scorer=")
-        v = to_float(s.scores[name].value)
+            raise DataError(f"{path}: sample {_q(s.id)} has no score {_q(name)} (scorers: "
+                            f"{', '.join(map(_q, s.scores))}); pick one with scorer=")
+        try:
+            v = to_float(s.scores[name].value)
+        except (TypeError, ValueError, AttributeError):
+            v = math.nan
         if v not in (0.0, 1.0):
-            raise DataError(f"{path}: sample {s.id!r} epoch {s.epoch} has score {s.scores[name].value!r} "
-                            f"from {name!r}, not correct/incorrect; use an exact-match scorer")
+            raise DataError(f"{path}: sample {_q(s.id)} epoch {_q(s.epoch)} has score {_q(s.scores[name].value)} "
+                            f"from {_q(name)}, not correct/incorrect; use an exact-match scorer")
         scores.append(v)
         words.append(max(1, len(_target_text(s.target).split())))
     if not scores:
@@ -99,6 +104,13 @@ def read_one(path: Path, scorer: str | None = None, n_tokens: float | None = Non
 def read_inspect(paths, scorer: str | None = None, n_tokens: float | None = None) -> pd.DataFrame:
     """Read Inspect logs into aggregate tidy rows (no compute yet; see module docstring)."""
     from . import expand_paths
+
+    if n_tokens is not None:
+        ok = isinstance(n_tokens, (int, float)) and not isinstance(n_tokens, bool) and math.isfinite(n_tokens)
+        if not ok or n_tokens < 1:
+            raise DataError(f"n_tokens is {_q(n_tokens)}; give the targets' length in tokens, a number >= 1")
+    if scorer is not None and not isinstance(scorer, str):
+        raise DataError(f"scorer is {_q(scorer)}; give the name of one of the log's scorers")
 
     files = expand_paths(paths, ("*.eval", "*.json"), "Inspect log")
     for f in files:

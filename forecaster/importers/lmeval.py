@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data import _one_line, _q
 from ..errors import DataError
 
 __all__ = ["read_lmeval", "count_tokens"]
@@ -50,8 +51,18 @@ _LL_TYPES = {"loglikelihood", "multiple_choice", "loglikelihood_rolling"}
 _EM_METRICS = ("exact_match", "acc", "em", "exact", "exact_str_match", "accuracy")
 
 
+def _check_token_count(token_count) -> None:
+    if isinstance(token_count, (int, float)) and not isinstance(token_count, bool):
+        if math.isfinite(token_count) and token_count >= 1:
+            return
+    elif token_count in ("words", "chars/4", "chars"):
+        return
+    raise DataError(f"unknown token_count {_q(token_count)}; use 'words', 'chars/4' or a whole number >= 1")
+
+
 def count_tokens(text: str, token_count: str | int = "words") -> int:
     """Token count of a reference answer under the documented fallback (see module docstring)."""
+    _check_token_count(token_count)
     if isinstance(token_count, (int, float)) and not isinstance(token_count, bool):
         return max(1, int(token_count))
     text = "" if text is None else str(text)
@@ -59,21 +70,51 @@ def count_tokens(text: str, token_count: str | int = "words") -> int:
         return max(1, len(text.split()))
     if token_count in ("chars/4", "chars"):
         return max(1, math.ceil(len(text.strip()) / 4))
-    raise DataError(f"unknown token_count {token_count!r}; use 'words', 'chars/4' or an integer")
+    raise DataError(f"unknown token_count {_q(token_count)}; use 'words', 'chars/4' or a whole number >= 1")
+
+
+def _first_line(exc: Exception) -> str:
+    return _one_line((str(exc).splitlines() or [type(exc).__name__])[0][:200])
+
+
+#: the sections of a results file that are read: JSON objects (keyed by task, but for config)
+_SECTIONS = ("results", "config", "configs", "n-shot", "n-samples")
 
 
 def _load_json(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({str(exc).splitlines()[0]}); pass lm-eval's results_*.json") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: is not UTF-8 text; pass the results_*.json that lm-eval wrote") from None
+    except (ValueError, OSError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise DataError(f"{path}: not valid JSON ({_first_line(exc)}); pass lm-eval's results_*.json") from None
     if not isinstance(data, dict) or "results" not in data or "config" not in data:
         raise DataError(
             f"{path}: not an lm-eval results file (no 'results'/'config'); pass the results_*.json that "
             "`lm-eval --output_path` wrote"
         )
+    for key in _SECTIONS:
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise DataError(f"{path}: {key!r} is a {type(data[key]).__name__}, not a JSON object; pass the "
+                            "results_*.json that lm-eval wrote, unchanged")
+    for key in ("results", "configs", "n-shot", "n-samples"):
+        for task, v in (data.get(key) or {}).items():
+            if key != "n-shot" and v is not None and not isinstance(v, dict):
+                raise DataError(f"{path}: {key}[{_q(task)}] is a {type(v).__name__}, not a JSON object; pass the "
+                                "results_*.json that lm-eval wrote, unchanged")
     return data
+
+
+def _whole(v, what: str, minimum: int = 0) -> int:
+    """A whole number >= ``minimum`` from a JSON value (an int, a whole float or its text); else DataError."""
+    try:
+        f = float(v) if not isinstance(v, bool) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        f = math.nan
+    if not (math.isfinite(f) and f == round(f) and f >= minimum):
+        raise DataError(f"{what} is {_q(v)}, not a whole number >= {minimum}")
+    return int(f)
 
 
 def _model_args(config: dict) -> dict:
@@ -94,7 +135,10 @@ def model_identity(results: dict) -> str:
     args = _model_args(config)
     name = next((str(args[k]) for k in ("pretrained", "model", "path", "engine", "model_name") if args.get(k)), None)
     name = name or results.get("model_name") or config.get("model")
-    if not name:
+    if isinstance(name, (dict, list)):
+        raise DataError(f"lm-eval results file names its model as a {type(name).__name__} ({_q(name)}); "
+                        "re-run with --model_args pretrained=NAME")
+    if not name or not str(name).strip():
         raise DataError("lm-eval results file names no model (config.model_args has no pretrained=); "
                         "re-run with --model_args pretrained=NAME")
     rev = args.get("revision")
@@ -107,7 +151,7 @@ def _setting(results: dict, task: str) -> str:
     shots = (results.get("n-shot") or {}).get(task)
     if shots is None:
         shots = ((results.get("configs") or {}).get(task) or {}).get("num_fewshot")
-    setting = f"{int(shots)}-shot" if shots is not None else "0-shot"
+    setting = f"{_whole(shots, f'n-shot of task {task!r}')}-shot" if shots is not None else "0-shot"
     if results.get("chat_template") or (results.get("config") or {}).get("apply_chat_template"):
         setting += "+chat"
     return setting
@@ -157,25 +201,35 @@ def _em_metric(sample: dict) -> str | None:
 def _read_samples(path: Path, results: dict, task: str, model: str, token_count) -> list[dict]:
     config = (results.get("configs") or {}).get(task) or {}
     otype = config.get("output_type")
-    setting = _setting(results, task)
+    if otype is not None and not isinstance(otype, str):
+        raise DataError(f"{path}: the run's results file gives output_type {_q(otype)} for task {task!r}, not a "
+                        "name; pass lm-eval's output unchanged")
+    try:
+        setting = _setting(results, task)
+    except DataError as exc:
+        raise DataError(f"{path}: in the run's results file, {exc}; pass lm-eval's output unchanged") from None
     lines = []
+    n = 0
     try:
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, start=1):
                 if line.strip():
                     lines.append((n, json.loads(line)))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: line {n} is not valid JSON ({str(exc).splitlines()[0]}); pass lm-eval's "
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: is not UTF-8 text; pass lm-eval's samples_<task>_*.jsonl unchanged") from None
+    except (ValueError, OSError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise DataError(f"{path}: line {n} is not valid JSON ({_first_line(exc)}); pass lm-eval's "
                         "samples_<task>_*.jsonl unchanged") from None
     if not lines:
         raise DataError(f"{path}: empty samples file; re-run lm-eval with --log_samples")
+    for n, s in lines:
+        if not isinstance(s, dict) or "doc_id" not in s:
+            raise DataError(f"{path}, line {n}: not an lm-eval sample (no doc_id); pass samples_<task>_*.jsonl")
     # one filter per document: 'none' if present, else the first seen
     filters = [s.get("filter", "none") for _, s in lines]
     keep = "none" if "none" in filters else filters[0]
     rows, gen = [], []
     for n, s in lines:
-        if not isinstance(s, dict) or "doc_id" not in s:
-            raise DataError(f"{path}, line {n}: not an lm-eval sample (no doc_id); pass samples_<task>_*.jsonl")
         if s.get("filter", "none") != keep:
             continue
         resps = s.get("filtered_resps", s.get("resps"))
@@ -206,6 +260,8 @@ def _read_samples(path: Path, results: dict, task: str, model: str, token_count)
                     row["correct"] = float(greedy)
                 if not np.isfinite(row["logprob"]):
                     raise ValueError("non-finite log-probability")
+                if row["logprob"] > 0:
+                    raise ValueError(f"log-probability {row['logprob']:g} > 0")
                 rows.append(row)
             else:
                 m = _em_metric(s)
@@ -217,9 +273,9 @@ def _read_samples(path: Path, results: dict, task: str, model: str, token_count)
                 gen.append({"correct": v, "n_tokens": count_tokens(s.get("target"), token_count)})
         except DataError:
             raise
-        except (ValueError, TypeError, IndexError, KeyError) as exc:
-            raise DataError(f"{path}, line {n}: cannot read the sample's response ({exc}); pass lm-eval's "
-                            "samples file unchanged") from None
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError) as exc:
+            raise DataError(f"{path}, line {n}: cannot read the sample's response ({_first_line(exc)}); pass "
+                            "lm-eval's samples file unchanged") from None
     if gen:
         rows.append({"model": model, "task": task, "setting": setting, "n_items": len(gen),
                      "n_correct": sum(g["correct"] for g in gen),
@@ -231,7 +287,7 @@ def _looks_ll(resps) -> bool:
     try:
         _pair(resps)
         return True
-    except (ValueError, TypeError, IndexError):
+    except (ValueError, TypeError, IndexError, OverflowError):
         return False
 
 
@@ -241,9 +297,12 @@ def _aggregate_from_results(results: dict, task: str, model: str, path: Path, to
     for m in _EM_METRICS:
         key = f"{m},none" if f"{m},none" in res else (m if m in res else None)
         if key is not None and n:
-            acc = float(res[key])
-            return [{"model": model, "task": task, "setting": _setting(results, task), "n_items": int(n),
-                     "n_correct": float(round(acc * int(n))),
+            n = _whole(n, f"n-samples[{task!r}].effective", minimum=1)
+            acc = res[key]
+            if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0.0 <= acc <= 1.0:
+                raise DataError(f"results[{task!r}][{key!r}] is {_q(acc)}, not a fraction in [0, 1]")
+            return [{"model": model, "task": task, "setting": _setting(results, task), "n_items": n,
+                     "n_correct": float(round(acc * n)),
                      "n_tokens": float(count_tokens("", token_count)) if not isinstance(token_count, str) else 1.0}]  # no text: 1 token unless an integer was given
     return []
 
@@ -257,6 +316,7 @@ def read_lmeval(paths, token_count: str | int = "words") -> pd.DataFrame:
     """Read lm-eval results/samples files into tidy rows (no compute yet; see module docstring)."""
     from . import expand_paths
 
+    _check_token_count(token_count)
     files = expand_paths(paths, ("results_*.json", "samples_*.jsonl"), "lm-eval results/samples")
     results_files = {f for f in files if f.name.startswith("results") and f.suffix == ".json"}
     sample_files = [f for f in files if f.name.startswith("samples_") and f.suffix == ".jsonl"]
@@ -276,7 +336,10 @@ def read_lmeval(paths, token_count: str | int = "words") -> pd.DataFrame:
     rows: list[dict] = []
     for rfile in sorted(by_run):
         results = _load_json(rfile)
-        model = model_identity(results)
+        try:
+            model = model_identity(results)
+        except DataError as exc:
+            raise DataError(f"{rfile}: {exc}") from None
         date = _DATE.search(rfile.name).group(1) if _DATE.search(rfile.name) else None
         samples = by_run[rfile]
         if not samples and rfile in results_files and date:  # the folder: look for this run's samples
@@ -289,7 +352,10 @@ def read_lmeval(paths, token_count: str | int = "words") -> pd.DataFrame:
         if rfile in results_files:
             for task in results.get("results") or {}:
                 if task not in seen and task in (results.get("configs") or {}):
-                    rows.extend(_aggregate_from_results(results, task, model, rfile, token_count))
+                    try:
+                        rows.extend(_aggregate_from_results(results, task, model, rfile, token_count))
+                    except DataError as exc:
+                        raise DataError(f"{rfile}: {exc}; pass the results_*.json that lm-eval wrote") from None
     if not rows:
         raise DataError(f"{files[0]}: no per-sample or accuracy results found; run lm-eval with --log_samples")
     return pd.DataFrame(rows)

@@ -44,18 +44,24 @@ source_path``. One tidy aggregate row per (model checkpoint, task, setting):
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..data import _LINE, _numeric, _one_line, _q, _text
 from ..errors import DataError
 
 __all__ = ["read_long", "ACC_METRICS"]
 
 ACC_METRICS = ("acc", "accuracy", "exact_match", "exact_match_accuracy", "exact_str_match", "em")
 REQUIRED = ("family", "model", "task", "shots", "metric", "value")
+TEXT = ("family", "model", "task", "subtask", "metric", "setting")
+NUMBERS = ("value", "shots", "step", "compute_flops", "params", "train_tokens", "n_examples")
+#: whole-number columns: (minimum, required)
+WHOLE = {"shots": 0, "step": 0, "n_examples": 1}
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -69,14 +75,37 @@ def _read(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty; pass a long-format results CSV") from None
     except Exception as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        first = _one_line((str(exc).splitlines() or [type(exc).__name__])[0][:200])
         raise DataError(f"{path}: cannot be read as CSV or Parquet ({first}); pass a long-format results CSV") from None
+    if isinstance(df.columns, pd.MultiIndex):
+        raise DataError(f"{path}: has several levels of column names; give one header row")
+    df = df.reset_index(drop=True)  # a Parquet file may carry any index
+    df.columns = [str(c).strip() for c in df.columns]
+    if not df.columns.is_unique:
+        dup = df.columns[df.columns.duplicated()][0]
+        raise DataError(f"{path}: column {_q(dup)} appears {list(df.columns).count(dup)} times; keep one")
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise DataError(f"{path}: not in the long results format: missing column(s) {', '.join(missing)}; "
                         "see ../shared/data/README.md")
     if df.empty:
         raise DataError(f"{path}: has a header but no rows")
+    # rows keep their line in the file (header is line 1; Parquet rows count from 0) for messages
+    df[_LINE] = np.arange(len(df)) + (0 if path.name.lower().endswith((".parquet", ".pq")) else 2)
+    source = _one_line(str(path))
+    for c in TEXT:
+        if c in df.columns:
+            df[c] = _text(df, c, source)
+    for c in NUMBERS:
+        if c in df.columns:
+            df[c] = _numeric(df, c, source)  # non-numbers and infinities raise, naming file, line and column
+    for c, low in WHOLE.items():
+        v = df[c] if c in df.columns else None
+        if v is not None:
+            bad = v.notna() & ((v < low) | (v != np.round(v)) | (v > 2**53))
+            if bad.any():
+                i = bad.idxmax()
+                raise DataError(f"{path}, line {df.at[i, _LINE]}: '{c}' is {v[i]:g}, not a whole number >= {low}")
     return df
 
 
@@ -84,10 +113,17 @@ def _flag(setting: pd.Series, key: str) -> pd.Series:
     return setting.astype(object).where(setting.notna(), "").astype(str).str.extract(rf"(?:^|;)\s*{key}=([^;]*)", flags=re.IGNORECASE)[0].str.strip()
 
 
-def _per_task(n_tokens, task: str) -> float:
-    if isinstance(n_tokens, dict):
-        return float(n_tokens.get(task, n_tokens.get(task.split("/")[0], 1)))
-    return float(n_tokens)
+def _per_task(n_tokens, task: str | None) -> float:
+    if isinstance(n_tokens, dict) and task is not None:
+        k = n_tokens.get(task, n_tokens.get(task.split("/")[0], 1))
+    else:
+        k = n_tokens
+    ok = isinstance(k, (int, float)) and not isinstance(k, bool) and math.isfinite(k) and k >= 1
+    if not ok:
+        which = "" if task is None else f" for task {_q(task)}"
+        raise DataError(f"n_tokens{which} is {_q(k)}; give the answer length in tokens, a number >= 1 "
+                        "(or a dict task -> number)")
+    return float(k)
 
 
 def read_long(paths, n_tokens=1, subtasks: bool = False) -> pd.DataFrame:
@@ -100,22 +136,23 @@ def read_long(paths, n_tokens=1, subtasks: bool = False) -> pd.DataFrame:
         df = _read(f)
         df["_file"] = str(f)
         frames.append(df)
-    df = pd.concat(frames, ignore_index=True)
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     src = ", ".join(map(str, files))
+    if not isinstance(n_tokens, dict):
+        _per_task(n_tokens, None)
 
-    df["metric"] = df["metric"].astype(str).str.strip()
-    value = pd.to_numeric(df["value"], errors="coerce")
-    bad = value.isna() & df["value"].notna()
-    if bad.any():
-        i = bad.idxmax()
-        raise DataError(f"{df.at[i, '_file']}, line {i + 2}: 'value' is not a number ({df.at[i, 'value']!r})")
-    df["value"] = value
+    df["metric"] = df["metric"].fillna("")
     is_acc = df["metric"].str.lower().isin(ACC_METRICS)
     is_ppl = df["metric"].str.lower() == "ppl"
     is_ce = df["metric"].str.lower() == "ce_nats_per_token"
     df = df[(is_acc | is_ppl | is_ce) & df["value"].notna()].copy()
     if df.empty:
         raise DataError(f"{src}: no acc/accuracy, ppl or ce_nats_per_token rows; nothing to import")
+    for c in ("model", "task"):
+        empty = df[c].isna() | (df[c] == "")
+        if empty.any():
+            i = empty.idxmax()
+            raise DataError(f"{df.at[i, '_file']}, line {df.at[i, _LINE]}: '{c}' is empty; name the {c}")
     df["kind"] = np.where(df["metric"].str.lower().isin(ACC_METRICS), "acc",
                           np.where(df["metric"].str.lower() == "ppl", "ppl", "ce"))
 
@@ -134,16 +171,16 @@ def read_long(paths, n_tokens=1, subtasks: bool = False) -> pd.DataFrame:
         df["task"] = np.where(whole, df["task"].astype(str), df["task"].astype(str) + "/" + sub)
 
     # model checkpoint names
-    step = pd.to_numeric(df["step"], errors="coerce") if "step" in df.columns else pd.Series(np.nan, index=df.index)
+    step = df["step"] if "step" in df.columns else pd.Series(np.nan, index=df.index)
     df["model"] = np.where(step.notna(), df["model"].astype(str) + "@step" + step.fillna(0).astype(int).astype(str),
                            df["model"].astype(str))
 
     # settings
-    shots = pd.to_numeric(df["shots"], errors="coerce")
+    shots = df["shots"]
     if shots.isna().any():
         i = shots.isna().idxmax()
-        raise DataError(f"{df.at[i, '_file']}: 'shots' must be a whole number (row for model {df.at[i, 'model']!r}); "
-                        "fill it in")
+        raise DataError(f"{df.at[i, '_file']}, line {df.at[i, _LINE]}: 'shots' must be a whole number (row for "
+                        f"model {_q(df.at[i, 'model'])}); fill it in")
     df["shots"] = shots.astype(int)
     prov = df["setting"] if "setting" in df.columns else pd.Series("", index=df.index)
     instr = _flag(prov, "instruction_tuned").str.lower().eq("true")
@@ -155,11 +192,18 @@ def read_long(paths, n_tokens=1, subtasks: bool = False) -> pd.DataFrame:
 
     # compute
     for c in ("compute_flops", "params", "train_tokens", "n_examples"):
-        df[c] = pd.to_numeric(df[c], errors="coerce") if c in df.columns else np.nan
+        if c not in df.columns:
+            df[c] = np.nan
     compute = df["compute_flops"]
-    from_pt = df["params"] * df["train_tokens"] * 6.0
+    with np.errstate(over="ignore"):
+        from_pt = df["params"] * df["train_tokens"] * 6.0
     df["compute"] = compute.where(compute.notna(), from_pt.where(df["train_tokens"].notna() & (df["train_tokens"] > 0)))
     df.loc[compute == 0, "compute"] = 0.0
+    inf = np.isinf(df["compute"])
+    if inf.any():
+        i = inf.idxmax()
+        raise DataError(f"{df.at[i, '_file']}, line {df.at[i, _LINE]}: compute = 6*params*train_tokens is beyond "
+                        "the float range; fix params and train_tokens, or give compute_flops")
 
     # n_items: fill empty n_examples from the same cell, then the same task
     cell = ["model", "task", "setting"]
@@ -168,20 +212,21 @@ def read_long(paths, n_tokens=1, subtasks: bool = False) -> pd.DataFrame:
     n = n.fillna(df.groupby("task")["n_examples"].transform("max"))
     if n.isna().any():
         i = n.isna().idxmax()
-        raise DataError(f"{df.at[i, '_file']}: n_examples is empty for task {df.at[i, 'task']!r} and no other row "
-                        "gives it; fill in n_examples")
+        raise DataError(f"{df.at[i, '_file']}, line {df.at[i, _LINE]}: n_examples is empty for task "
+                        f"{_q(df.at[i, 'task'])} and no other row gives it; fill in n_examples")
     df["n_examples"] = n
 
     bad = (df["kind"] == "acc") & ((df["value"] < 0) | (df["value"] > 1))
     if bad.any():
         i = bad.idxmax()
-        raise DataError(f"{df.at[i, '_file']}: {df.at[i, 'metric']} for model {df.at[i, 'model']!r}, task "
-                        f"{df.at[i, 'task']!r} is {df.at[i, 'value']:g}, not a fraction in [0, 1]")
+        raise DataError(f"{df.at[i, '_file']}, line {df.at[i, _LINE]}: {_q(df.at[i, 'metric'])} for model "
+                        f"{_q(df.at[i, 'model'])}, task {_q(df.at[i, 'task'])} is {df.at[i, 'value']:g}, not a "
+                        "fraction in [0, 1]")
     bad = (df["kind"] == "ppl") & (df["value"] < 1)
     if bad.any():
         i = bad.idxmax()
-        raise DataError(f"{df.at[i, '_file']}: ppl for model {df.at[i, 'model']!r} is {df.at[i, 'value']:g} < 1; "
-                        "perplexity must be >= 1")
+        raise DataError(f"{df.at[i, '_file']}, line {df.at[i, _LINE]}: ppl for model {_q(df.at[i, 'model'])} is "
+                        f"{df.at[i, 'value']:g} < 1; perplexity must be >= 1")
     df["ce_val"] = np.where(df["kind"] == "ppl", np.log(df["value"].clip(lower=1.0)),
                             np.where(df["kind"] == "ce", df["value"], np.nan))
     df["acc_val"] = np.where(df["kind"] == "acc", df["value"], np.nan)
