@@ -680,6 +680,7 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
 
     with pm.Model(coords=model_coords(cells)) as model:
         alloc = None
+        a_value = b_value = alloc_value = None  # the trend's own values where the split samples moved ones
         if split is None:
             a = _task_level(spec, "a", "mu_a", "sigma_a", centered_task)
         else:
@@ -687,7 +688,7 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
             sigma_model = spec.prior("sigma_model")
             dev_basis, c0_move, c1_move = split
             v_model = pm.Normal("model_dev_v", 0.0, 1.0, shape=c0_move.shape[1])
-            a, _ = _task_level_moved(spec, "a", "mu_a", "sigma_a", n_task,
+            a, a_value = _task_level_moved(spec, "a", "mu_a", "sigma_a", n_task,
                                      sigma_model * pt.dot(_data("dev_move_a", c0_move), v_model))
             slope_move = sigma_model * pt.dot(_data("dev_move_b", c1_move), v_model) / 2.0
         if additive:
@@ -695,11 +696,13 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
             b_tokens = _task_level(spec, "b_tokens", "mu_b_tokens", "sigma_b_tokens", centered_task)
             share = spec.prior("trend_share", dims="task")
         elif split is not None and c1_move.any():
-            b, _ = _task_level_moved(spec, "b", "mu_b", "sigma_b", n_task, slope_move)
-            alloc, _ = _task_level_moved(spec, "alloc", "mu_alloc", "sigma_alloc", n_task, slope_move)
+            b, b_value = _task_level_moved(spec, "b", "mu_b", "sigma_b", n_task, slope_move)
+            alloc, alloc_value = _task_level_moved(spec, "alloc", "mu_alloc", "sigma_alloc", n_task, slope_move)
         else:
             b = _task_level(spec, "b", "mu_b", "sigma_b", np.asarray(sr.centered_slope, bool))
 
+        a_value = a if a_value is None else a_value
+        b_value = (None if additive else b) if b_value is None else b_value
         a_family = ea = eb = None
         if sr.family_effects:
             sigma_family = spec.prior("sigma_family")
@@ -714,12 +717,17 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
             pm.Deterministic("db", pt.concatenate([zeros, eb], axis=1), dims=("task", "setting"))
         if alloc is None and sr.allocation:
             alloc = _task_level(spec, "alloc", "mu_alloc", "sigma_alloc", centered_task)
+        alloc_value = alloc if alloc_value is None else alloc_value
 
-        def trend_at(ti: np.ndarray, fi: np.ndarray, si: np.ndarray, x: np.ndarray, u: np.ndarray, tag: str = ""):
+        def trend_at(ti: np.ndarray, fi: np.ndarray, si: np.ndarray, x: np.ndarray, u: np.ndarray, tag: str = "",
+                     values: bool = False):
             """The trend's log CE of the typical item for (task, family, setting) indices at log10 compute ``x``
             and log10(params / tokens) ``u``: the one predictor of the latent, for observed and new cells."""
-            intercept = a[ti]
-            slope = 0.0 if additive else b[ti]  # additive: setting shifts of both terms' slopes, added below
+            # under the deviation split the observed cells' trend is the moved ("effective") one, whose move is the
+            # observed models' deviations along the trend; a new model gets the trend's own values (``values``)
+            a_, b_, alloc_ = (a_value, b_value, alloc_value) if values else (a, b, alloc)
+            intercept = a_[ti]
+            slope = 0.0 if additive else b_[ti]  # additive: setting shifts of both terms' slopes, added below
             if a_family is not None:
                 intercept = intercept + a_family[fi]
             if ea is not None:
@@ -735,9 +743,9 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
                 mu = additive_trend(intercept, share[ti], b_params[ti] + slope, b_tokens[ti] + slope, dn, dd, xp=pt)
             else:
                 mu = intercept + slope * _data(f"x_rel{tag}", x - cells.c0)
-            if alloc is not None:
+            if alloc_ is not None:
                 # at fixed compute, the split between parameters and tokens moves log CE too (see use_allocation)
-                mu = mu + alloc[ti] * _data(f"u_rel{tag}", u - cells.u0)
+                mu = mu + alloc_[ti] * _data(f"u_rel{tag}", u - cells.u0)
             return mu
 
         mu = trend_at(t, f, s, cells.cell_x, cells.cell_u)
@@ -876,7 +884,7 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
             tn = np.asarray(new.task, int)
             mu_n = pm.Deterministic("mu_trend_new", trend_at(tn, np.asarray(new.family, int),
                                                              np.asarray(new.setting, int), np.asarray(new.x, float),
-                                                             np.asarray(new.u, float), "_new"), dims="new")
+                                                             np.asarray(new.u, float), "_new", values=True), dims="new")
             if bt is not None:
                 mu_n = mu_n + sigma_model * pm.Normal("model_dev_new", 0.0, 1.0, dims="new")
             if sr.cell_deviation:

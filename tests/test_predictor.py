@@ -101,3 +101,35 @@ def test_predict_bad_rows_are_one_line_errors(tiny_fit, rows, expect):
     with pytest.raises(QueryError, match=expect) as err:
         fc.predict(tiny_fit, pd.DataFrame([rows]))
     assert "\n" not in str(err.value)
+
+
+def test_new_models_get_the_trends_own_values_under_the_deviation_split(demo_table):
+    """With the model-deviation split the observed cells sit on the moved ("effective") trend; a new model
+    is on the trend's own values (the Deterministics ``a``, ``b``, ``alloc`` a forecast reads), not the moved."""
+    table = _with_params_tokens(demo_table)
+    spec = dataclasses.replace(load_spec(), structure={**load_spec().structure, "cell_deviation": False,
+                                                       "allocation_effect": True})
+    cells = summarize(table)
+    from forecaster.structure import resolve_structure
+
+    sr = resolve_structure(cells, spec)
+    assert sr.deviation_split and sr.model_deviation and sr.allocation
+    new = NewCells(task=cells.cell_task, family=cells.cell_family, setting=cells.cell_setting, x=cells.cell_x,
+                   u=cells.cell_u, k=cells.cell_k, n_items=np.zeros(cells.n_cells, int))
+    model = build_model(cells, spec, sr, new=new)
+    names = ["a", "b", "alloc", "a_family", "da", "db", "mu_trend_new"]
+    outs = model.replace_rvs_by_values([model[n] for n in names])  # the values at the point, not fresh draws
+    fn = model.compile_fn(outs, inputs=model.value_vars, on_unused_input="ignore")
+    from pymc.initial_point import make_initial_point_fn
+
+    start = make_initial_point_fn(model=model, jitter_rvs=set(), default_strategy="support_point")(0)
+    rng = np.random.default_rng(2)
+    t, f, s = cells.cell_task, cells.cell_family, cells.cell_setting
+    for _ in range(3):
+        point = {k: v + rng.normal(0.0, 0.3, np.shape(v)) for k, v in start.items()}
+        a, b, alloc, fam, da, db, mu_new = fn(point)
+        a_eff = point["a_eff"]
+        want = (a[t] + fam[f] + da[t, s] + (b[t] + db[t, s]) * (cells.cell_x - cells.c0)
+                + alloc[t] * (cells.cell_u - cells.u0))
+        np.testing.assert_allclose(mu_new, want, rtol=1e-10, atol=1e-10)
+        assert not np.allclose(a, a_eff)  # the split moved the sampled intercept: the test can tell the two apart
