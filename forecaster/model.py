@@ -702,7 +702,10 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
             b = _task_level(spec, "b", "mu_b", "sigma_b", np.asarray(sr.centered_slope, bool))
 
         a_value = a if a_value is None else a_value
-        b_value = (None if additive else b) if b_value is None else b_value
+        if additive:
+            b = b_value = None  # two slopes per task instead (b_params, b_tokens)
+        elif b_value is None:
+            b_value = b
         a_family = ea = eb = None
         if sr.family_effects:
             sigma_family = spec.prior("sigma_family")
