@@ -336,7 +336,8 @@ def _text(df: pd.DataFrame, col: str, source: str) -> pd.Series:
     raw = df[col]
     try:  # fast path: a text or number column
         if not (pd.api.types.is_string_dtype(raw.dtype) and raw.dtype != object) and not (
-            pd.api.types.is_numeric_dtype(raw.dtype) or pd.api.types.infer_dtype(raw, skipna=True) in ("string", "empty")
+            pd.api.types.is_numeric_dtype(raw.dtype) or pd.api.types.infer_dtype(raw, skipna=True) in (
+                "string", "empty", "integer", "floating", "mixed-integer-float", "boolean", "decimal")
         ):
             raise TypeError("mixed")
         return raw.astype(str).str.strip().where(raw.notna(), np.nan)  # pandas 2 writes NaN as "nan"

@@ -162,3 +162,59 @@ def test_sufficient_statistics_of_items():
     # same items at both models: a balanced group with a two-way decomposition
     assert cells.item_balanced.all() and len(cells.group_task) == 1
     assert cells.group_df_items[0] == 2 and cells.group_df_res[0] == 2
+
+
+# --------------------------------------------------------------------------- crashes the seam's fuzz found
+# (tests/test_properties.py); each input once raised something other than a one-line DataError
+
+
+def _obj(values) -> pd.Series:
+    return pd.Series(values, dtype=object)
+
+
+SEAM_CASES = [
+    ("duplicate column", lambda d: pd.concat([d, d[["ce"]]], axis=1), "column 'ce' appears 2 times"),
+    ("names equal once stripped", lambda d: d.rename(columns={"model": " task "}).assign(model=d.model),
+     "column 'task' appears 2 times"),
+    ("two levels of column names", lambda d: d.set_axis(pd.MultiIndex.from_arrays(
+        [list(d.columns), ["x"] * d.shape[1]]), axis=1), "2 levels of column names"),
+    ("bytes that are not UTF-8", lambda d: d.assign(model=_obj([b"\xfc"] + list(d.model[1:]))),
+     r"column 'model' holds text that is not valid Unicode (b'\xfc')"),
+    ("lone surrogate", lambda d: d.assign(task=_obj(["t\ud800"] + list(d.task[1:]))),
+     r"column 'task' holds text that is not valid Unicode ('t\ud800')"),
+    ("list as a name", lambda d: d.assign(family=_obj([[1]] + list(d.family[1:]))), "column 'family' holds a list"),
+    ("duplicate index labels", lambda d: d.assign(ce=d.ce.where(d.index != 2, -1.0)).set_axis([0] * len(d)),
+     "line 0: ce must be > 0"),
+    ("6*params*tokens overflows", lambda d: d.drop(columns="compute").assign(params=1e200, tokens=1e200),
+     "compute = 6*params*tokens = 6*1e+200*1e+200 is beyond the float range"),
+    ("complex number", lambda d: d.assign(ce=_obj([complex(1, 2)] + list(d.ce[1:]))),
+     "column 'ce' has non-numeric value (1+2j)"),
+    ("integer beyond float range", lambda d: d.assign(n_items=_obj([10**400] + list(d.n_items[1:]))),
+     "column 'n_items' is infinite or too large"),
+    ("dates as compute", lambda d: d.assign(compute=pd.to_datetime(["2020-01-01"] * len(d))),
+     "column 'compute' has non-numeric value Timestamp("),
+]
+
+
+@pytest.mark.parametrize("name,mutate,expect", SEAM_CASES, ids=[c[0] for c in SEAM_CASES])
+def test_seam_crashes_are_one_line_errors(name, mutate, expect):
+    with pytest.raises(DataError) as err:
+        validate(mutate(_agg_table()), source="t.csv")
+    msg = str(err.value)
+    assert expect in msg and len(msg.splitlines()) == 1, msg
+
+
+def test_messages_stay_one_line_whatever_the_names():
+    for source in ("a\nb.csv", "r\x1c.csv", "x\u2028y", "z\ud800"):
+        with pytest.raises(DataError) as err:
+            validate(_agg_table().drop(columns="task"), source=source)
+        assert len(str(err.value).splitlines()) == 1 and "missing column 'task'" in str(err.value)
+    d = _agg_table().assign(ce=lambda x: x.ce.where(x.index != 1, -1.0)).set_axis([f"r\n{i}" for i in range(6)])
+    with pytest.raises(DataError, match=r"row 'r\\n1': ce must be > 0"):
+        validate(d)
+
+
+def test_categorical_setting_and_blank_optional_numbers_are_fine():
+    d = _agg_table().assign(setting=pd.Categorical(["0-shot", None] * 3), accuracy=_obj(["", " "] * 3))
+    v = validate(d)
+    assert set(v.setting) == {"0-shot", "default"} and v.accuracy.isna().all()
