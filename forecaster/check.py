@@ -11,8 +11,6 @@ the ones the model fits worst.
 
 from __future__ import annotations
 
-import logging
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +19,7 @@ import xarray as xr
 
 from .fit import FitResult
 from .model import build_model
+from .predict import draw_given_posterior
 
 __all__ = ["Check", "check", "posterior_predictive"]
 
@@ -64,7 +63,6 @@ class Check:
 
 def posterior_predictive(fit: FitResult, draws: int | None = 500, seed: int = 0) -> xr.Dataset:
     """Replicated observations from the fitted model, ``draws`` posterior draws (all when None)."""
-    import pymc as pm
 
     post = fit.tree["posterior"].to_dataset()
     n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
@@ -72,19 +70,7 @@ def posterior_predictive(fit: FitResult, draws: int | None = 500, seed: int = 0)
         keep = np.linspace(0, n_draw - 1, max(1, draws // n_chain)).round().astype(int)
         post = post.isel(draw=np.unique(keep))
     model = build_model(fit.cells, fit.spec, fit.structure)
-    names = [rv.name for rv in model.observed_RVs]
-    log = logging.getLogger("pymc")
-    level = log.level
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        log.setLevel(logging.WARNING)  # not PyMC's "Sampling: [...]" line
-        try:
-            out = pm.sample_posterior_predictive(xr.DataTree(children={"posterior": xr.DataTree(post)}), model=model,
-                                                 var_names=names, random_seed=int(seed), progressbar=False)
-        finally:
-            log.setLevel(level)
-    ds = out["posterior_predictive"]
-    return ds.to_dataset() if isinstance(ds, xr.DataTree) else ds
+    return draw_given_posterior(post, model, [rv.name for rv in model.observed_RVs], seed)
 
 
 def check(fit: FitResult, draws: int | None = 500, seed: int = 0) -> Check:

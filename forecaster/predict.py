@@ -98,6 +98,24 @@ def _new_cells(fit: FitResult, new: pd.DataFrame) -> tuple[NewCells, pd.DataFram
     return cells, df
 
 
+def draw_given_posterior(post: xr.Dataset, model, names: list[str], seed: int) -> xr.Dataset:
+    """``names`` of ``model`` drawn given each posterior draw in ``post`` (PyMC's posterior predictive, quietly)."""
+    import pymc as pm
+
+    log = logging.getLogger("pymc")
+    level = log.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        log.setLevel(logging.WARNING)  # not PyMC's "Sampling: [...]" line
+        try:
+            out = pm.sample_posterior_predictive(xr.DataTree(children={"posterior": xr.DataTree(post)}), model=model,
+                                                 var_names=names, random_seed=int(seed), progressbar=False)
+        finally:
+            log.setLevel(level)
+    pp = out["posterior_predictive"]
+    return pp.to_dataset() if isinstance(pp, xr.DataTree) else pp
+
+
 def predict(fit: FitResult, new: pd.DataFrame, *, seed: int = 0, draws: int | None = None,
             replicates: int = 1) -> Prediction:
     """Posterior predictive forecasts for future models (see the module docstring).
@@ -121,8 +139,6 @@ def predict(fit: FitResult, new: pd.DataFrame, *, seed: int = 0, draws: int | No
     -------
     Prediction
     """
-    import pymc as pm
-
     cells, table = _new_cells(fit, new)
     post = fit.tree["posterior"].to_dataset()
     if draws is not None and post.sizes["chain"] * post.sizes["draw"] > draws:
@@ -133,18 +149,7 @@ def predict(fit: FitResult, new: pd.DataFrame, *, seed: int = 0, draws: int | No
         post = post.assign_coords(draw=np.arange(post.sizes["draw"]))
     model = build_model(fit.cells, fit.spec, fit.structure, new=cells)
     names = ["mu_trend_new", "mu_new", "p_new"] + (["obs_new"] if (cells.n_items > 0).all() else [])
-    log = logging.getLogger("pymc")
-    level = log.level
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        log.setLevel(logging.WARNING)
-        try:
-            out = pm.sample_posterior_predictive(xr.DataTree(children={"posterior": xr.DataTree(post)}), model=model,
-                                                 var_names=names, random_seed=int(seed), progressbar=False)
-        finally:
-            log.setLevel(level)
-    pp = out["posterior_predictive"]
-    pp = pp.to_dataset() if isinstance(pp, xr.DataTree) else pp
+    pp = draw_given_posterior(post, model, names, seed)
     ds = xr.Dataset({"log_ce_trend": pp["mu_trend_new"], "log_ce": pp["mu_new"], "accuracy": pp["p_new"]})
     if "obs_new" in pp:
         ds["observed"] = pp["obs_new"] / xr.DataArray(cells.n_items, dims="new")
