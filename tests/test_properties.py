@@ -35,6 +35,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -260,6 +261,13 @@ DTYPES = ["object", "category", "bool", "str", "string[pyarrow]", "string[python
           "int64[pyarrow]", "double[pyarrow]", "large_string[pyarrow]", "Sparse[float64]"]
 
 
+def _quietly(fn, *args):
+    """``fn(*args)`` without the warnings pandas gives on the corruptions themselves (casts that overflow...)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args)
+
+
 def _pos(df: pd.DataFrame, name) -> int | None:
     """Position of the first column called ``name`` (None if there is none)."""
     return next((j for j, c in enumerate(df.columns) if isinstance(c, str) and c == name), None)
@@ -311,7 +319,7 @@ def corrupted_tables(draw):
         elif op == "dtype" and ncol:
             j = draw(st.integers(0, ncol - 1))
             try:
-                new = df.iloc[:, j].astype(draw(st.sampled_from(DTYPES)))
+                new = _quietly(df.iloc[:, j].astype, draw(st.sampled_from(DTYPES)))
             except Exception:  # not every column converts to every dtype; keep it then
                 continue
             df = df.copy()
@@ -335,7 +343,7 @@ def corrupted_tables(draw):
             value = draw(nasty_values)
             df = df.copy()
             try:
-                df[name] = [value] * len(df)
+                _quietly(df.__setitem__, name, [value] * len(df))
             except Exception:  # e.g. a tuple name on flat columns
                 continue
         elif op == "empty":
@@ -365,7 +373,7 @@ def corrupted_tables(draw):
             if not present:
                 continue
             j = _pos(df, draw(st.sampled_from(present)))
-            col = pd.to_numeric(df.iloc[:, j], errors="coerce").astype(float)
+            col = _quietly(lambda c: pd.to_numeric(c, errors="coerce").astype(float), df.iloc[:, j])
             how = draw(st.sampled_from(["neg", "zero", "huge", "half", "percent", "nan", "inf", "tiny", "minus_one"]))
             with np.errstate(all="ignore"):
                 new = {"neg": -col, "zero": col * 0, "huge": col * 1e300, "half": col + 0.5, "percent": col * 100,
@@ -512,7 +520,7 @@ def _write(df: pd.DataFrame, path: Path, fmt: str) -> bool:
     for attempt in (df, _objects_as_text(df)):
         try:
             if fmt == "parquet":
-                attempt.to_parquet(path)
+                _quietly(attempt.to_parquet, path)
             else:
                 attempt.to_csv(path, index=False, compression="gzip" if fmt == "csv.gz" else None)
             return True
@@ -872,7 +880,7 @@ def corrupted_long_tables(draw):
             df = _with_cell(df, draw(st.integers(0, len(df) - 1)), j, draw(nasty_values))
         elif op == "dtype":
             try:
-                new = df.iloc[:, j].astype(draw(st.sampled_from(DTYPES)))
+                new = _quietly(df.iloc[:, j].astype, draw(st.sampled_from(DTYPES)))
             except Exception:
                 continue
             df = df.copy()
