@@ -519,12 +519,15 @@ def _sample_nutpie(pm_model: pm.Model, initvals: dict, jitter_rvs: set, kwargs: 
 
 
 def _tidy_tree(idata) -> xr.DataTree:
-    """Keep posterior and sample_stats (drop warm-up groups) as a DataTree."""
+    """Keep posterior and sample_stats (drop warm-up groups) as a DataTree; per-draw Python objects (nutpie
+    0.16.10's ``divergence_message``, mostly None) are dropped: netCDF cannot store them."""
     if not isinstance(idata, xr.DataTree):
         idata = az.convert_to_datatree(idata)
     keep = {}
     for g in ("posterior", "sample_stats"):
         if g in idata.children:
             ds = idata[g].to_dataset()
+            if g == "sample_stats":
+                ds = ds.drop_vars([n for n, v in ds.data_vars.items() if v.dtype == object])
             keep[g] = xr.DataTree(ds)
     return xr.DataTree(children=keep)

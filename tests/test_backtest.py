@@ -283,8 +283,11 @@ def test_unconverged_folds_are_left_out_of_the_pooled_scores(monkeypatch, demo_t
     def fit_with_a_bad_second_fold(*args, **kwargs):
         res = real_fit(*args, **kwargs)
         calls.append(1)
-        if len(calls) == 2:  # pretend the second fold's fit did not converge
+        if len(calls) == 2:  # pretend the second fold's fit did not converge, the first's did (whatever the sampler)
             res.diagnostics = dataclasses.replace(res.diagnostics, max_rhat=1.3, warnings=("R-hat 1.3 > 1.01",))
+        else:
+            res.diagnostics = dataclasses.replace(res.diagnostics, max_rhat=1.0, min_ess_bulk=1000.0,
+                                                  min_ess_tail=1000.0, divergences=0, warnings=())
         return res
 
     monkeypatch.setattr(bt, "fit", fit_with_a_bad_second_fold)

@@ -427,10 +427,12 @@ def _bad_tables() -> list:
     return out
 
 
-def _assert_rejected(code: int, err: str, expect: str, folder: Path, before: set) -> None:
+def _assert_rejected(code: int, err: str, expect: str | tuple[str, ...], folder: Path, before: set) -> None:
+    """One 'error:' line saying ``expect`` (or one of several wordings), exit 2, nothing written."""
     lines = [ln for ln in err.splitlines() if ln.strip()]
+    expects = (expect,) if isinstance(expect, str) else expect
     assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and any(e in lines[0] for e in expects), err
     assert "Traceback" not in err
     assert set(folder.iterdir()) == before, "an output (or a temporary file) was written"
 
@@ -477,7 +479,8 @@ BAD_FILES = [
     ("header-only", "h.csv", b"family,model,task,compute,n_tokens,ce,n_items\r\n", "no data rows"),
     ("bom-only", "b.csv", b"\xef\xbb\xbf", "file is empty"),
     ("bom-and-header-only", "bh.csv", b"\xef\xbb\xbffamily,model,task,compute\r\n", "no data rows"),
-    ("binary-csv", "x.csv", bytes(range(256)) * 8, "cannot be read"),
+    # pandas 3.0 meets the bad bytes while decoding, 3.1 while parsing: both are named
+    ("binary-csv", "x.csv", bytes(range(256)) * 8, ("cannot be read", "is not UTF-8 text")),
     ("broken-parquet", "x.parquet", b"PAR1\x00\x01not parquet", "cannot be read"),
     ("not-gzip", "x.csv.gz", b"family,model,task\nf,m,t\n", "cannot be read"),
     ("latin-1", "l.csv", text_csv(rows(TEXT_MODELS, TEXT_ITEMS)).decode().encode("latin-1"),
