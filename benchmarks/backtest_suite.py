@@ -55,6 +55,10 @@ training, as pooling data, and are not forecast — see ``_holdout_largest``):
   checkpoints of one run); rolling origin along training (``folds=2``: fit on checkpoints below the
   1/3 and 2/3 quantiles of compute, forecast the later ones of the same run).
 
+Multiple-choice tasks carry their number of answer options (``N_CHOICES``, ``n_choices`` in the input: a
+known chance floor of accuracy); lu2023's logical_deduction and tracking_shuffled_objects are scored by exact
+match of a generated answer and get none.
+
 Methods: ``forecaster`` (default spec, or ``--model``), ``logistic`` and ``unpooled`` baselines
 (``forecaster.backtest``). Scores: coverage of the central 50/80/90% predictive intervals, CRPS and
 median absolute error (percentage points) of held-out accuracies; crossings of ``--threshold``
@@ -122,11 +126,20 @@ def _raw(name: str) -> pd.DataFrame:
     return pd.read_csv(SHARED / name, low_memory=False)
 
 
+#: Answer options of the multiple-choice tasks (the benchmarks' published formats; ARC has a few items with 3
+#: or 5 options, counted as 4): their accuracy has the known chance floor 1/n (input column ``n_choices``).
+N_CHOICES = {"arc_easy": 4, "arc_challenge": 4, "logiqa": 4, "piqa": 2, "sciq": 4, "winogrande": 2, "wsc": 2,
+             "hellaswag": 4, "commonsense_qa": 5, "social_iqa": 3, "MMLU": 4, "ARC-C": 4, "HellaSwag": 4,
+             "Winograd": 2}
+
+
 def _import(raw: pd.DataFrame, **options) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "subset.csv"
         raw.to_csv(path, index=False)
         df = import_results("long", [str(path)], **options)
+    if df["task"].isin(N_CHOICES).any():
+        df["n_choices"] = df["task"].map(N_CHOICES).astype(float)
     return validate(df, source="subset", allow_single_compute=True)
 
 

@@ -391,13 +391,14 @@ def spread_identified(cells: CellData) -> np.ndarray:
                      for j in range(len(cells.tasks))], bool)
 
 
-def _free_where(spec: ModelSpec, name: str, free: np.ndarray, fixed: float):
+def _free_where(spec: ModelSpec, name: str, free: np.ndarray, fixed):
     """Per-task parameter ``name``: its spec prior for the tasks in ``free`` (sampled as ``<name>_free``, or as
-    ``name`` itself when all are free), the value ``fixed`` for the others."""
+    ``name`` itself when all are free), the value ``fixed`` (a number, or one per task) for the others."""
     if free.all():
         return spec.prior(name, dims="task")
+    fixed = np.broadcast_to(np.asarray(fixed, float), (len(free),))
     # pt.zeros for 0: that graph compiles to the same arithmetic (and draws) as the per-parameter code it replaced
-    full = pt.zeros(len(free)) if fixed == 0.0 else pt.full(len(free), fixed)
+    full = pt.zeros(len(free)) if not fixed.any() else pt.as_tensor_variable(fixed.copy())
     if free.any():
         sampled = spec.prior(name, shape=int(free.sum()), rv_name=f"{name}_free")
         full = pt.set_subtensor(full[np.flatnonzero(free)], sampled)
@@ -435,17 +436,26 @@ def floor_tasks(cells: CellData, spec: ModelSpec) -> np.ndarray:
     Where CE is measured the latent accuracy is pinned by CE and item spread,
     and a floor trades off against the spread (Pythia LAMBADA: R-hat 1.45 on
     ``guess_rate``, ESS 4 of 1000); without counts it touches no data. There
-    it is fixed at 0. ``true``: every task; ``false``: none.
+    it is fixed at 0. ``true``: every task; ``false``: none. A multiple-choice task (``n_choices`` given) has a
+    known floor, its chance rate (:func:`known_floors`), and no free one.
     """
     choice = spec.structure.get("em_floor", False)
     n_task = len(cells.tasks)
+    known = known_floors(cells) > 0
     if choice is False:
         return np.zeros(n_task, bool)
     if choice is True:
-        return np.ones(n_task, bool)
+        return ~known
     has_ce = (cells.item_n > 0) | np.isfinite(cells.ce_obs)
     return np.array([bool(np.any(cells.em_n[cells.cell_task == j] > 0) and not np.any(has_ce[cells.cell_task == j]))
-                     for j in range(n_task)])
+                     and not known[j] for j in range(n_task)])
+
+
+def known_floors(cells: CellData) -> np.ndarray:
+    """Per task, the accuracy floor the data give: 1 / n_choices for a multiple-choice task (a model that
+    guesses is right that often), 0 where the input has no ``n_choices``."""
+    chance = np.asarray(getattr(cells, "task_chance", np.zeros(0)), float)
+    return chance if len(chance) == len(cells.tasks) else np.zeros(len(cells.tasks))
 
 
 def accuracy_shows_no_rise(cells: CellData, z_min: float = 2.0) -> np.ndarray:
@@ -468,9 +478,9 @@ def accuracy_shows_no_rise(cells: CellData, z_min: float = 2.0) -> np.ndarray:
     return out
 
 
-def _guess_rate(spec: ModelSpec, on: np.ndarray):
-    """Per-task floor: free (prior ``guess_rate``) where ``on``, else fixed at 0."""
-    return _free_where(spec, "guess_rate", on, 0.0)
+def _guess_rate(spec: ModelSpec, on: np.ndarray, known: np.ndarray):
+    """Per-task floor: free (prior ``guess_rate``) where ``on``, else fixed at the known chance rate (or 0)."""
+    return _free_where(spec, "guess_rate", on, known)
 
 
 def model_digest(cells: CellData, spec: ModelSpec) -> str:
@@ -846,8 +856,10 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
         # ---- exact-match counts: p = E_items[exp(-k CE_item)]
         has_em = cells.em_n > 0
         floor_on = np.asarray(sr.floor, bool)
-        if floor_on.any():
-            guess = _guess_rate(spec, floor_on)
+        chance = np.asarray(sr.chance, float) if len(sr.chance) else np.zeros(len(floor_on))
+        floored = bool(floor_on.any() or chance.any())
+        if floored:
+            guess = _guess_rate(spec, floor_on, chance)
         kappa = spec.prior("em_concentration") if sr.em_likelihood == "betabinomial" and (
             has_em.any() or (new is not None and (np.asarray(new.n_items) > 0).any())) else None
 
@@ -856,7 +868,7 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
             the expectation over item difficulty (one Op with its derivatives, forecaster.expectation) above
             the task's floor of lucky guesses."""
             p_ = expected_exact_match(mu_, s_, k_, sr.em_expectation, sr.quadrature_nodes)
-            if floor_on.any():
+            if floored:
                 g_ = guess[ti]
                 p_ = g_ + (1.0 - g_) * p_
             return pt.clip(p_, 1e-12, 1.0 - 1e-12)

@@ -149,3 +149,39 @@ def test_forecast_table_carries_the_flag(tiny_fit):
     f = fc.forecast(tiny_fit, metric="exact_match", threshold=0.5)
     assert f.table["rests_on_prior"].map(type).eq(bool).all() or f.table["rests_on_prior"].dtype == bool
     json.dumps(f.records())  # JSON-ready
+
+
+def test_multiple_choice_tasks_have_their_known_chance_floor(demo_table):
+    """``n_choices`` gives a task the floor 1/n: fixed (not sampled), in the model's accuracy, its draws, the
+    saved structure and the printed one."""
+    import pymc as pm
+
+    table = demo_table.assign(n_choices=np.where(demo_table["task"] == "logic-acc", 4.0, np.nan))
+    cells, spec = summarize(fc.validate(table)), load_spec()
+    j = cells.tasks.index("logic-acc")
+    np.testing.assert_allclose(cells.task_chance, np.where(np.arange(len(cells.tasks)) == j, 0.25, 0.0))
+    sr = resolve_structure(cells, spec)
+    assert not any(sr.floor) and sr.chance[j] == 0.25  # known, so not free
+    assert Structure.from_json(sr.to_json()) == sr
+    assert "multiple-choice chance floor (known): logic-acc 1/4" in sr.describe(cells.tasks)
+    model = build_model(cells, spec, sr)
+    assert "guess_rate" not in [v.name for v in model.free_RVs] and "guess_rate_free" not in model.named_vars
+    np.testing.assert_allclose(pm.draw(model["guess_rate"]), cells.task_chance)
+    # whatever the latent, replicated accuracy stays at or above chance (up to binomial noise)
+    prior = pm.sample_prior_predictive(draws=200, model=model, random_seed=1, var_names=["obs_em"])
+    counts = prior.prior_predictive["obs_em"]
+    cell_em = counts[counts.dims[-1]].values
+    mc = cells.cell_task[cell_em] == j
+    share = (counts.values[..., mc] / cells.em_n[cell_em][mc]).ravel()
+    assert share.min() > 0.25 - 4 * np.sqrt(0.25 * 0.75 / cells.em_n[cell_em][mc].min())
+    # without n_choices the demo's accuracy-only task keeps its free floor
+    assert list(resolve_structure(summarize(demo_table), spec).floor)[j]
+
+
+def test_n_choices_is_filled_within_a_task_and_checked(demo_table):
+    one_row = demo_table.index[demo_table["task"] == "logic-acc"][0]
+    table = demo_table.assign(n_choices=np.where(demo_table.index == one_row, 3.0, np.nan))
+    cells = summarize(fc.validate(table))
+    assert cells.task_chance[cells.tasks.index("logic-acc")] == pytest.approx(1 / 3)
+    with pytest.raises(fc.ForecasterError, match="n_choices must be a whole number >= 2"):
+        fc.validate(table.assign(n_choices=np.where(table.index == one_row, 2.5, np.nan)))
