@@ -380,6 +380,14 @@ def _number_value(v):
     return _BAD
 
 
+def _exact_float(text: str, parsed: float) -> float:
+    """``text`` (which pandas parsed as ``parsed``) as the nearest float, as Python reads it."""
+    try:
+        return float(text)
+    except (ValueError, OverflowError):
+        return parsed
+
+
 def _floats(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
     """A column as floats (NaN where empty: missing values, blank text) and the mask of its cells that are no
     number (text that is not a number, lists, bytes that are not UTF-8, dates, complex numbers...). Total: any
@@ -399,6 +407,11 @@ def _floats(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
         flagged = cells.map(lambda v: v is _BAD).astype(bool)
         cells = cells.where(~flagged, None)
         vals = pd.to_numeric(cells, errors="coerce").astype(float)
+    if not pd.api.types.is_numeric_dtype(cells.dtype):  # text parsed exactly (pandas 2 misses by an ulp)
+        text = np.flatnonzero(vals.notna().to_numpy() & cells.map(lambda v: isinstance(v, str)).to_numpy(bool))
+        if len(text):
+            vals = vals.copy()
+            vals.iloc[text] = [_exact_float(cells.iloc[i], vals.iloc[i]) for i in text]
     bad = np.array(vals.isna() & cells.notna(), dtype=bool)
     if bad.any():  # blank text is an empty cell
         at = np.flatnonzero(bad)

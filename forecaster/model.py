@@ -355,6 +355,11 @@ def _task_level_moved(spec: ModelSpec, name: str, mu_name: str, sigma_name: str,
     return eff, value
 
 
+#: ``allocation_effect = "auto"``: the least spread (standard deviation, decades) of log10(params / tokens) about
+#: its least-squares line in log10 compute that identifies the params/tokens effect apart from the slope.
+ALLOCATION_MIN_SD = 0.3
+
+
 def use_allocation(cells: CellData, spec: ModelSpec) -> bool:
     """Whether the model gets the params/tokens effect ``alloc[task] * (u - u0)``, ``u = log10(params / tokens)``.
 
@@ -365,7 +370,9 @@ def use_allocation(cells: CellData, spec: ModelSpec) -> bool:
     tokens while larger models are far better at the same compute, and a
     compute-only trend fitted on them forecast the larger models 1.7 decades
     too late. ``auto``: on when every cell has params and tokens and their
-    ratio varies (>= 0.3 decades).
+    ratio varies apart from compute (:data:`ALLOCATION_MIN_SD`): where it moves with compute alone (one token
+    count per family, or one run's checkpoints) ``alloc`` is a copy of the slope, and the sampler wanders
+    along the ridge.
     """
     choice = spec.structure.get("allocation_effect", False)
     if choice is False or len(cells.cell_u) != cells.n_cells:
@@ -376,7 +383,11 @@ def use_allocation(cells: CellData, spec: ModelSpec) -> bool:
             raise SpecError("allocation_effect = true needs columns params and tokens for every row; "
                             "add them or set allocation_effect = \"auto\"")
         return False
-    return bool(choice is True or np.ptp(u) >= 0.3)
+    if choice is True:
+        return True
+    x = np.column_stack([np.ones(cells.n_cells), cells.cell_x])
+    resid = u - x @ np.linalg.lstsq(x, u, rcond=None)[0]
+    return bool(resid.std() >= ALLOCATION_MIN_SD)
 
 
 def spread_identified(cells: CellData) -> np.ndarray:
@@ -391,14 +402,13 @@ def spread_identified(cells: CellData) -> np.ndarray:
                      for j in range(len(cells.tasks))], bool)
 
 
-def _free_where(spec: ModelSpec, name: str, free: np.ndarray, fixed):
+def _free_where(spec: ModelSpec, name: str, free: np.ndarray, fixed: float):
     """Per-task parameter ``name``: its spec prior for the tasks in ``free`` (sampled as ``<name>_free``, or as
-    ``name`` itself when all are free), the value ``fixed`` (a number, or one per task) for the others."""
+    ``name`` itself when all are free), the value ``fixed`` for the others."""
     if free.all():
         return spec.prior(name, dims="task")
-    fixed = np.broadcast_to(np.asarray(fixed, float), (len(free),))
     # pt.zeros for 0: that graph compiles to the same arithmetic (and draws) as the per-parameter code it replaced
-    full = pt.zeros(len(free)) if not fixed.any() else pt.as_tensor_variable(fixed.copy())
+    full = pt.zeros(len(free)) if fixed == 0.0 else pt.full(len(free), fixed)
     if free.any():
         sampled = spec.prior(name, shape=int(free.sum()), rv_name=f"{name}_free")
         full = pt.set_subtensor(full[np.flatnonzero(free)], sampled)
@@ -436,19 +446,18 @@ def floor_tasks(cells: CellData, spec: ModelSpec) -> np.ndarray:
     Where CE is measured the latent accuracy is pinned by CE and item spread,
     and a floor trades off against the spread (Pythia LAMBADA: R-hat 1.45 on
     ``guess_rate``, ESS 4 of 1000); without counts it touches no data. There
-    it is fixed at 0. ``true``: every task; ``false``: none. A multiple-choice task (``n_choices`` given) has a
-    known floor, its chance rate (:func:`known_floors`), and no free one.
+    it is fixed at 0. ``true``: every task; ``false``: none. A multiple-choice task (``n_choices`` given) has its
+    chance rate (:func:`known_floors`) under the floor: there the free part is the floor's excess over chance.
     """
     choice = spec.structure.get("em_floor", False)
     n_task = len(cells.tasks)
-    known = known_floors(cells) > 0
     if choice is False:
         return np.zeros(n_task, bool)
     if choice is True:
-        return ~known
+        return np.ones(n_task, bool)
     has_ce = (cells.item_n > 0) | np.isfinite(cells.ce_obs)
     return np.array([bool(np.any(cells.em_n[cells.cell_task == j] > 0) and not np.any(has_ce[cells.cell_task == j]))
-                     and not known[j] for j in range(n_task)])
+                     for j in range(n_task)])
 
 
 def known_floors(cells: CellData) -> np.ndarray:
@@ -478,9 +487,17 @@ def accuracy_shows_no_rise(cells: CellData, z_min: float = 2.0) -> np.ndarray:
     return out
 
 
-def _guess_rate(spec: ModelSpec, on: np.ndarray, known: np.ndarray):
-    """Per-task floor: free (prior ``guess_rate``) where ``on``, else fixed at the known chance rate (or 0)."""
-    return _free_where(spec, "guess_rate", on, known)
+def _guess_rate(spec: ModelSpec, on: np.ndarray, chance: np.ndarray):
+    """Per-task floor ``g = c + (1 - c) h``: ``c`` the known chance rate (0 where none), ``h`` free (prior
+    ``guess_rate``) where ``on``, else 0. Easy items and answer-format heuristics put small models above chance
+    (ARC-Easy near 0.4 of 4 options), and never below it."""
+    if not chance.any():
+        return _free_where(spec, "guess_rate", on, 0.0)  # (the same graph as before chance rates existed)
+    h = pt.zeros(len(on))
+    if on.any():
+        h = pt.set_subtensor(h[np.flatnonzero(on)], spec.prior("guess_rate", shape=int(on.sum()),
+                                                                rv_name="guess_rate_free"))
+    return pm.Deterministic("guess_rate", chance + (1.0 - chance) * h, dims="task")
 
 
 def model_digest(cells: CellData, spec: ModelSpec) -> str:

@@ -151,9 +151,9 @@ def test_forecast_table_carries_the_flag(tiny_fit):
     json.dumps(f.records())  # JSON-ready
 
 
-def test_multiple_choice_tasks_have_their_known_chance_floor(demo_table):
-    """``n_choices`` gives a task the floor 1/n: fixed (not sampled), in the model's accuracy, its draws, the
-    saved structure and the printed one."""
+def test_multiple_choice_tasks_have_their_chance_rate_under_the_floor(demo_table):
+    """``n_choices`` puts 1/n under the task's floor: g = 1/n + (1 - 1/n) h, h free as for any accuracy-only
+    task; in the model's accuracy, its draws, the saved structure and the printed one."""
     import pymc as pm
 
     table = demo_table.assign(n_choices=np.where(demo_table["task"] == "logic-acc", 4.0, np.nan))
@@ -161,12 +161,15 @@ def test_multiple_choice_tasks_have_their_known_chance_floor(demo_table):
     j = cells.tasks.index("logic-acc")
     np.testing.assert_allclose(cells.task_chance, np.where(np.arange(len(cells.tasks)) == j, 0.25, 0.0))
     sr = resolve_structure(cells, spec)
-    assert not any(sr.floor) and sr.chance[j] == 0.25  # known, so not free
+    assert [t for t, on in zip(cells.tasks, sr.floor) if on] == ["logic-acc"] and sr.chance[j] == 0.25
     assert Structure.from_json(sr.to_json()) == sr
     assert "multiple-choice chance floor (known): logic-acc 1/4" in sr.describe(cells.tasks)
     model = build_model(cells, spec, sr)
-    assert "guess_rate" not in [v.name for v in model.free_RVs] and "guess_rate_free" not in model.named_vars
-    np.testing.assert_allclose(pm.draw(model["guess_rate"]), cells.task_chance)
+    assert "guess_rate_free" in [v.name for v in model.free_RVs]
+    g = pm.draw(model["guess_rate"], draws=500, random_seed=1)
+    h = pm.draw(model["guess_rate_free"], draws=500, random_seed=1)[:, 0]
+    np.testing.assert_allclose(g[:, j], 0.25 + 0.75 * h)
+    assert (np.delete(g, j, axis=1) == 0).all()
     # whatever the latent, replicated accuracy stays at or above chance (up to binomial noise)
     prior = pm.sample_prior_predictive(draws=200, model=model, random_seed=1, var_names=["obs_em"])
     counts = prior.prior_predictive["obs_em"]
@@ -174,8 +177,9 @@ def test_multiple_choice_tasks_have_their_known_chance_floor(demo_table):
     mc = cells.cell_task[cell_em] == j
     share = (counts.values[..., mc] / cells.em_n[cell_em][mc]).ravel()
     assert share.min() > 0.25 - 4 * np.sqrt(0.25 * 0.75 / cells.em_n[cell_em][mc].min())
-    # without n_choices the demo's accuracy-only task keeps its free floor
-    assert list(resolve_structure(summarize(demo_table), spec).floor)[j]
+    # without n_choices the demo's accuracy-only task has the plain free floor (mostly far below 1/4)
+    plain = pm.draw(build_model(summarize(demo_table), spec)["guess_rate"], draws=500, random_seed=1)
+    assert np.median(plain[:, j]) < 0.1
 
 
 def test_n_choices_is_filled_within_a_task_and_checked(demo_table):

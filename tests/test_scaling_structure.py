@@ -45,6 +45,19 @@ def test_params_tokens_and_checkpoints_switch_on_by_data():
     assert not {"alloc", "alloc_eff", "model_dev_z", "model_dev_v"} & {v.name for v in build_model(plain, spec).free_RVs}
 
 
+def test_allocation_stays_off_where_the_ratio_moves_with_compute_alone():
+    """Final models with one token count (the ratio falls with params exactly as compute rises), or one model's
+    checkpoints (it falls as tokens rise): alloc would be a copy of the slope. Both vary: on."""
+    spec, table = load_spec(), _checkpoint_table()
+    finals = table[table["model"].str.endswith("@step80")].assign(model=lambda d: d["model"].str[:2])
+    one_size = table[table["model"].str.startswith("m2")]
+    for t in (finals, one_size):
+        cells = summarize(validate(t))
+        assert np.ptp(cells.cell_u) >= 0.3  # the ratio varies, but only with compute
+        assert not use_allocation(cells, spec)
+    assert use_allocation(summarize(validate(table)), spec)
+
+
 def _two_task_checkpoints() -> pd.DataFrame:
     """Task t: sizes m1-m3; task u: m2, m3 and m4 (1e9 params); four checkpoints each."""
     a = _checkpoint_table(0)

@@ -218,3 +218,11 @@ def test_categorical_setting_and_blank_optional_numbers_are_fine():
     d = _agg_table().assign(setting=pd.Categorical(["0-shot", None] * 3), accuracy=_obj(["", " "] * 3))
     v = validate(d)
     assert set(v.setting) == {"0-shot", "default"} and v.accuracy.isna().all()
+
+
+@pytest.mark.parametrize("texts", [["9.999999999999999e+29", "1e+30"], ["1.0", "1801439850948199.0"]])
+def test_numbers_written_as_text_are_read_exactly(texts):
+    """Found by the property tests on pandas 2.2.3, whose text-to-number parser missed by an ulp: two computes
+    one ulp apart read as one ("all rows have the same compute"), and values changed."""
+    df = pd.DataFrame(dict(family="A", model=["A", "B"], task="A", compute=texts, item="A", n_tokens=1, logprob=0.0))
+    assert validate(df, source="x")["compute"].tolist() == [float(t) for t in texts]
