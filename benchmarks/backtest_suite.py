@@ -55,9 +55,6 @@ training, as pooling data, and are not forecast — see ``_holdout_largest``):
   checkpoints of one run); rolling origin along training (``folds=2``: fit on checkpoints below the
   1/3 and 2/3 quantiles of compute, forecast the later ones of the same run).
 
-Multiple-choice tasks carry their number of answer options (``N_CHOICES``, ``n_choices`` in the input: a
-known chance floor of accuracy); lu2023's tasks are scored by exact match of a generated answer and get none.
-
 Methods: ``forecaster`` (default spec, or ``--model``), ``logistic`` and ``unpooled`` baselines
 (``forecaster.backtest``). Scores: coverage of the central 50/80/90% predictive intervals, CRPS and
 median absolute error (percentage points) of held-out accuracies; crossings of ``--threshold``
@@ -125,24 +122,11 @@ def _raw(name: str) -> pd.DataFrame:
     return pd.read_csv(SHARED / name, low_memory=False)
 
 
-#: Answer options of the tasks scored by ranking their options (the benchmarks' published formats; ARC has a
-#: few items with 3 or 5 options, counted as 4): their accuracy has the known chance floor 1/n (input column
-#: ``n_choices``). Lu et al. score generated answers by exact match (below chance when a model answers
-#: outside the options), so their commonsense_qa and social_iqa get none.
-N_CHOICES = {"arc_easy": 4, "arc_challenge": 4, "logiqa": 4, "piqa": 2, "sciq": 4, "winogrande": 2, "wsc": 2,
-             "hellaswag": 4, "MMLU": 4, "ARC-C": 4, "HellaSwag": 4, "Winograd": 2}
-
-
-CHANCE_FLOOR = True  # --no-chance-floor: leave n_choices out (the free floor of accuracy-only tasks instead)
-
-
 def _import(raw: pd.DataFrame, **options) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "subset.csv"
         raw.to_csv(path, index=False)
         df = import_results("long", [str(path)], **options)
-    if CHANCE_FLOOR and df["task"].isin(N_CHOICES).any():
-        df["n_choices"] = df["task"].map(N_CHOICES).astype(float)
     return validate(df, source="subset", allow_single_compute=True)
 
 
@@ -673,11 +657,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=None, help="cache folder (default benchmarks/out/suite, "
                     "with --quick benchmarks/out/suite-quick)")
     ap.add_argument("--report-only", action="store_true", help="rebuild the table from the cache; fit nothing")
-    ap.add_argument("--no-chance-floor", action="store_true", help="give no task its number of answer options "
-                    "(n_choices), so multiple-choice tasks get the free floor of accuracy-only tasks")
     args = ap.parse_args(argv)
-    global CHANCE_FLOOR
-    CHANCE_FLOOR = not args.no_chance_floor
     if args.quick:
         args.draws, args.tune, args.chains = 50, 50, 2
     if not SHARED.exists():

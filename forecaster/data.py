@@ -11,9 +11,7 @@ A row of the tidy table is either
 
 Every row also names ``family``, ``model``, ``task`` and either ``compute``
 (training FLOPs) or both ``params`` and ``tokens`` (compute = 6 * params * tokens);
-``setting`` (e.g. ``0-shot``, ``5-shot``, ``instruct``) is optional, and so is
-``n_choices`` (the answer options of a multiple-choice task: its accuracy has a
-known chance floor of 1 / n_choices; one value per task, empty for free-form tasks).
+``setting`` (e.g. ``0-shot``, ``5-shot``, ``instruct``) is optional.
 
 :func:`validate` is the only place input is checked; every problem raises a
 :class:`~forecaster.errors.DataError` whose message is one line naming the
@@ -55,7 +53,7 @@ CE_FLOOR = 1e-6
 ID_COLUMNS = ("family", "model", "task")
 NUMERIC_COLUMNS = (
     "compute", "params", "tokens", "n_tokens", "logprob", "correct",
-    "n_items", "ce", "n_correct", "accuracy", "n_choices",
+    "n_items", "ce", "n_correct", "accuracy",
 )
 _LINE = "_line"
 
@@ -517,13 +515,6 @@ def _check_rows(df: pd.DataFrame, *, source: str) -> pd.DataFrame:
     _reject_first(df, bad, source, lambda r: (
         f"n_tokens must be >= 1, got {r['n_tokens']:g}; give the reference answer's length in tokens"))
 
-    if "n_choices" in df.columns:
-        nch = df["n_choices"]
-        bad = nch.notna() & ((nch < 2) | (nch != np.round(nch)))
-        _reject_first(df, bad, source, lambda r: (
-            f"n_choices must be a whole number >= 2 (the answer options of a multiple-choice task), got "
-            f"{r['n_choices']:g}; leave it empty for free-form tasks"))
-
     if is_item.any():
         _require_present(df, "logprob", is_item, source, "per-item rows need the answer's summed log-probability")
         bad = is_item & (df["logprob"] > 0)
@@ -591,16 +582,6 @@ def _check_table(df: pd.DataFrame, *, allow_single_compute: bool) -> pd.DataFram
             f"{source}: model {_q(m)}, task {_q(t)}, setting {_q(s)} has both per-item and aggregate rows; "
             "keep one kind per (model, task, setting)"
         )
-    # a task has one number of answer options (rows that leave it empty take the task's)
-    if "n_choices" in df.columns:
-        nch = df.groupby("task")["n_choices"]
-        several = nch.nunique()
-        if (several > 1).any():
-            t = several[several > 1].index[0]
-            vals = sorted(df.loc[df["task"] == t, "n_choices"].dropna().unique())
-            raise _fail(f"{source}: task {_q(t)} has several n_choices ({', '.join(f'{v:g}' for v in vals)}); "
-                        "give one number of answer options per task (name variants as separate tasks)")
-        df["n_choices"] = nch.transform("max")
     # a model has one family and one compute
     fam = df.groupby("model")["family"].nunique()
     if (fam > 1).any():
@@ -681,8 +662,6 @@ class CellData:
     model_family: dict[str, str] = field(default_factory=dict)
     model_compute: dict[str, float] = field(default_factory=dict)
     task_k: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    # per task: the chance floor of accuracy, 1 / n_choices for multiple-choice tasks (0 where not given)
-    task_chance: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def n_cells(self) -> int:
@@ -816,11 +795,6 @@ def summarize(df: pd.DataFrame, c0: float | None = None) -> CellData:
     t_codes, _ = _codes(cells["task"], tasks)
     k = cells["k"].to_numpy(float)
     task_k = np.array([k[t_codes == j].mean() for j in range(len(tasks))])
-    if "n_choices" in df.columns:
-        nch = df.groupby("task")["n_choices"].max()
-        task_chance = np.array([1.0 / nch[t] if np.isfinite(nch[t]) else 0.0 for t in tasks])
-    else:
-        task_chance = np.zeros(len(tasks))
     mf = df.groupby("model")["family"].first().to_dict()
     mc = df.groupby("model")["compute"].first().astype(float).to_dict()
     return CellData(
@@ -857,5 +831,4 @@ def summarize(df: pd.DataFrame, c0: float | None = None) -> CellData:
         model_family=mf,
         model_compute=mc,
         task_k=task_k,
-        task_chance=task_chance,
     )

@@ -46,7 +46,7 @@ COMPILE_CACHE_ATTR = "compile_cache"
 #: Columns of the tidy table stored with a fit.
 STORED_COLUMNS = (
     "family", "model", "task", "setting", "kind", "item", "compute", "params", "tokens", "n_tokens", "logprob", "correct",
-    "n_items", "ce", "n_correct", "n_choices",
+    "n_items", "ce", "n_correct",
 )
 RHAT_MAX = 1.01
 ESS_MIN = 400

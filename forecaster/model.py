@@ -446,8 +446,7 @@ def floor_tasks(cells: CellData, spec: ModelSpec) -> np.ndarray:
     Where CE is measured the latent accuracy is pinned by CE and item spread,
     and a floor trades off against the spread (Pythia LAMBADA: R-hat 1.45 on
     ``guess_rate``, ESS 4 of 1000); without counts it touches no data. There
-    it is fixed at 0. ``true``: every task; ``false``: none. A multiple-choice task (``n_choices`` given) has its
-    chance rate (:func:`known_floors`) under the floor: there the free part is the floor's excess over chance.
+    it is fixed at 0. ``true``: every task; ``false``: none.
     """
     choice = spec.structure.get("em_floor", False)
     n_task = len(cells.tasks)
@@ -458,13 +457,6 @@ def floor_tasks(cells: CellData, spec: ModelSpec) -> np.ndarray:
     has_ce = (cells.item_n > 0) | np.isfinite(cells.ce_obs)
     return np.array([bool(np.any(cells.em_n[cells.cell_task == j] > 0) and not np.any(has_ce[cells.cell_task == j]))
                      for j in range(n_task)])
-
-
-def known_floors(cells: CellData) -> np.ndarray:
-    """Per task, the accuracy floor the data give: 1 / n_choices for a multiple-choice task (a model that
-    guesses is right that often), 0 where the input has no ``n_choices``."""
-    chance = np.asarray(getattr(cells, "task_chance", np.zeros(0)), float)
-    return chance if len(chance) == len(cells.tasks) else np.zeros(len(cells.tasks))
 
 
 def accuracy_shows_no_rise(cells: CellData, z_min: float = 2.0) -> np.ndarray:
@@ -487,17 +479,9 @@ def accuracy_shows_no_rise(cells: CellData, z_min: float = 2.0) -> np.ndarray:
     return out
 
 
-def _guess_rate(spec: ModelSpec, on: np.ndarray, chance: np.ndarray):
-    """Per-task floor ``g = c + (1 - c) h``: ``c`` the known chance rate (0 where none), ``h`` free (prior
-    ``guess_rate``) where ``on``, else 0. Easy items and answer-format heuristics put small models above chance
-    (ARC-Easy near 0.4 of 4 options), and never below it."""
-    if not chance.any():
-        return _free_where(spec, "guess_rate", on, 0.0)  # (the same graph as before chance rates existed)
-    h = pt.zeros(len(on))
-    if on.any():
-        h = pt.set_subtensor(h[np.flatnonzero(on)], spec.prior("guess_rate", shape=int(on.sum()),
-                                                                rv_name="guess_rate_free"))
-    return pm.Deterministic("guess_rate", chance + (1.0 - chance) * h, dims="task")
+def _guess_rate(spec: ModelSpec, on: np.ndarray):
+    """Per-task floor: free (prior ``guess_rate``) where ``on``, else fixed at 0."""
+    return _free_where(spec, "guess_rate", on, 0.0)
 
 
 def model_digest(cells: CellData, spec: ModelSpec) -> str:
@@ -873,10 +857,8 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
         # ---- exact-match counts: p = E_items[exp(-k CE_item)]
         has_em = cells.em_n > 0
         floor_on = np.asarray(sr.floor, bool)
-        chance = np.asarray(sr.chance, float) if len(sr.chance) else np.zeros(len(floor_on))
-        floored = bool(floor_on.any() or chance.any())
-        if floored:
-            guess = _guess_rate(spec, floor_on, chance)
+        if floor_on.any():
+            guess = _guess_rate(spec, floor_on)
         kappa = spec.prior("em_concentration") if sr.em_likelihood == "betabinomial" and (
             has_em.any() or (new is not None and (np.asarray(new.n_items) > 0).any())) else None
 
@@ -885,7 +867,7 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
             the expectation over item difficulty (one Op with its derivatives, forecaster.expectation) above
             the task's floor of lucky guesses."""
             p_ = expected_exact_match(mu_, s_, k_, sr.em_expectation, sr.quadrature_nodes)
-            if floored:
+            if floor_on.any():
                 g_ = guess[ti]
                 p_ = g_ + (1.0 - g_) * p_
             return pt.clip(p_, 1e-12, 1.0 - 1e-12)

@@ -51,8 +51,6 @@ class Structure:
     centered_slope: tuple[bool, ...]
     centered_cell: tuple[bool, ...]
     deviation_split: bool
-    # ---- model choices given by the data (after the fields above, so that older saved structures read back)
-    chance: tuple[float, ...] = ()  # per task: known accuracy floor 1 / n_choices, 0 where none
 
     def model_choices(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in REPARAMETRIZATIONS}
@@ -86,9 +84,6 @@ class Structure:
         lines = ["model: " + ", ".join(terms)]
         lines.append(f"item spread grows as the task is learned: {some(self.spread_free) if self.spread_varies else 'off'}")
         lines.append(f"exact-match floor (guess rate): {some(self.floor)}")
-        known = [f"{t} 1/{round(1 / c)}" for t, c in zip(tasks, self.chance) if c > 0]
-        if known:
-            lines.append("multiple-choice chance floor (known): " + ", ".join(known))
         lines.append(f"exact-match counts: {self.em_likelihood}, expectation by {self.em_expectation}")
 
         def which(flags: tuple[bool, ...]) -> str:
@@ -143,7 +138,6 @@ def resolve_structure(cells: CellData, spec: ModelSpec) -> Structure:
         centered_slope=_flags(centered_slope),
         centered_cell=_flags(centered_cell),
         deviation_split=split is not None,
-        chance=tuple(float(c) for c in m.known_floors(cells)),
     )
 
 

@@ -407,11 +407,6 @@ BAD = [
     ("ce-zero", False, lambda d: _set(d, d.task == "qa", ce=0.0), "ce must be > 0"),
     ("aggregate-without-observation", False,
      lambda d: _set(d, d.task == "qa", ce=np.nan), "needs 'ce', 'n_correct' or 'accuracy'"),
-    ("n_choices-below-2", False, lambda d: d.assign(n_choices=np.where(d.task == "mcq", 1.0, np.nan)),
-     "n_choices must be a whole number >= 2"),
-    ("n_choices-differ-within-a-task", False, lambda d: d.assign(n_choices=np.where(
-        d.task == "mcq", np.where(d.model == d.loc[d.task == "mcq", "model"].iloc[0], 4.0, 5.0), np.nan)),
-     "several n_choices"),
 ]
 BAD_BY_ID = {b[0]: b for b in BAD}
 PARQUET_TOO = {"missing-logprob-column", "nan-logprob", "non-numeric-logprob", "logprob-positive", "n_tokens-zero",
