@@ -160,8 +160,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{p}: is a zip file (an Excel workbook?), not CSV; save it as CSV UTF-8 or Parquet")
     parquet = parquet or magic == b"PAR1"  # a Parquet file under another name
     try:
-        if parquet:
-            df = pd.read_parquet(p)
+        if parquet:  # one thread: pyarrow's thread pool after a read through a file handle can abort the
+            df = pd.read_parquet(p, use_threads=False)  # interpreter at exit (apache/arrow#34314, #50482)
         else:
             # a UTF-16 byte-order mark: Excel's "Unicode text", PowerShell's Export-Csv
             enc = "utf-16" if magic[:2] in (b"\xff\xfe", b"\xfe\xff") else None

@@ -69,7 +69,7 @@ def _read(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: file not found; check the path")
     try:
         if path.name.lower().endswith((".parquet", ".pq")):
-            df = pd.read_parquet(path)
+            df = pd.read_parquet(path, use_threads=False)  # (see data.read_table)
         else:
             df = pd.read_csv(path, low_memory=False)
     except pd.errors.EmptyDataError:
