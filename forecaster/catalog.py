@@ -178,14 +178,23 @@ def read_compute_table(path: str | Path) -> ComputeTable:
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: compute table not found; check the --compute-table path")
+    if p.is_dir():
+        raise DataError(f"{p}: is a directory; pass the compute table's CSV file to --compute-table")
     try:
         with open(p, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{p}: compute table cannot be read as CSV ({exc}); save it as UTF-8 CSV") from None
+    except OSError as exc:
+        raise DataError(f"{p}: compute table cannot be opened ({exc.strerror or exc}); check the path") from None
     if not rows:
         raise DataError(f"{p}: compute table is empty; give a header 'model,compute' (or 'model,params,tokens') and rows")
-    cols = {c.strip().lower() for c in rows[0] if c}
+    names = [str(c).strip().lower() for c in reader.fieldnames or [] if c]
+    dup = next((c for c in names if names.count(c) > 1), None)
+    if dup is not None:  # csv.DictReader would keep the last of them silently
+        raise DataError(f"{p}: compute table has column {dup!r} {names.count(dup)} times; keep one")
+    cols = set(names)
     if "model" not in cols or not ("compute" in cols or {"params", "tokens"} <= cols):
         raise DataError(
             f"{p}: compute table needs columns 'model' and 'compute' (training FLOPs), or 'model', 'params' and "

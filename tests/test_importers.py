@@ -321,6 +321,11 @@ def test_compute_table_errors(tmp_path):
     t.write_text("model,compute\na,-1\n")
     with pytest.raises(DataError, match="line 2"):
         catalog.read_compute_table(t)
+    t.write_text("model,compute,Compute \na,1e20,2e20\n")  # which one is meant is not ours to guess
+    with pytest.raises(DataError, match="column 'compute' 2 times"):
+        catalog.read_compute_table(t)
+    with pytest.raises(DataError, match="is a directory"):
+        catalog.read_compute_table(tmp_path)
     t.write_text("model,revision,params,tokens\nEleutherAI/pythia-70m,step1000,7e7,2e9\n")
     table = catalog.read_compute_table(t)
     assert catalog.resolve("pythia-70m@step1000", table=table).compute == pytest.approx(6 * 7e7 * 2e9)
