@@ -176,7 +176,12 @@ def read_compute_table(path: str | Path) -> ComputeTable:
     ``@step<N>`` appended when a ``revision``/``step`` column names a checkpoint).
     """
     p = Path(path)
-    if not p.exists():
+    try:
+        exists = p.exists()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte in it
+        raise DataError(f"{p}: compute table cannot be opened ({getattr(exc, 'strerror', None) or exc}); "
+                        "check the --compute-table path") from None
+    if not exists:
         raise DataError(f"{p}: compute table not found; check the --compute-table path")
     if p.is_dir():
         raise DataError(f"{p}: is a directory; pass the compute table's CSV file to --compute-table")
@@ -186,8 +191,9 @@ def read_compute_table(path: str | Path) -> ComputeTable:
             rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{p}: compute table cannot be read as CSV ({exc}); save it as UTF-8 CSV") from None
-    except OSError as exc:
-        raise DataError(f"{p}: compute table cannot be opened ({exc.strerror or exc}); check the path") from None
+    except OSError as exc:  # no permission to read it, ...
+        raise DataError(f"{p}: compute table cannot be opened ({exc.strerror or exc}); "
+                        "check the --compute-table path") from None
     if not rows:
         raise DataError(f"{p}: compute table is empty; give a header 'model,compute' (or 'model,params,tokens') and rows")
     names = [str(c).strip().lower() for c in reader.fieldnames or [] if c]

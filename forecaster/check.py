@@ -63,7 +63,6 @@ class Check:
 
 def posterior_predictive(fit: FitResult, draws: int | None = 500, seed: int = 0) -> xr.Dataset:
     """Replicated observations from the fitted model, ``draws`` posterior draws (all when None)."""
-
     post = fit.tree["posterior"].to_dataset()
     n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
     if draws is not None and n_chain * n_draw > draws:

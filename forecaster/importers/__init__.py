@@ -126,11 +126,7 @@ def _import(fmt, paths, compute_table, drop_unknown: bool, options: dict) -> pd.
     key = _ALIASES.get(str(fmt).strip().lower())
     if key is None:
         raise DataError(f"unknown import format {_q(fmt)}; use one of: {', '.join(FORMATS)}")
-    try:
-        table = read_compute_table(compute_table) if compute_table is not None else None
-    except (OSError, ValueError) as exc:  # a folder, a name too long for the file system, a NUL byte in it
-        raise DataError(f"{compute_table}: compute table cannot be read ({getattr(exc, 'strerror', None) or exc}); "
-                        "check the --compute-table path") from None
+    table = read_compute_table(compute_table) if compute_table is not None else None
     if key == "lm-eval":
         from .lmeval import read_lmeval as reader
     elif key == "inspect":
