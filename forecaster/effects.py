@@ -204,7 +204,7 @@ def setting_effects(
     x = xr.DataArray(x_task, coords={"task": task_l}, dims="task")
 
     intercept = tr["intercept"].mean("family")  # zero-sum family offsets: the mean is the average family
-    slope = tr["slope"]
+    slope = tr["slope"] + tr["slope_family"].mean("family")  # the average family's slope
     ref_i, ref_s = intercept.sel(setting=ref, drop=True), slope.sel(setting=ref, drop=True)
     set_i, set_s = intercept.sel(setting=chosen), slope.sel(setting=chosen)
     da = set_i - ref_i

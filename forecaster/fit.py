@@ -317,7 +317,8 @@ def fit(
         cache was not used when it was not (also recorded in the diagnostics' notes; without ``status``, a
         ``UserWarning``).
     remedies : bool
-        When a fit of at least ``REMEDY_MIN_DRAWS`` draws and two chains does not converge, fit once more with
+        When a fit of at least ``REMEDY_MIN_DRAWS`` draws and two chains is not trusted (not converged, or any
+        divergent transition or other warning), fit once more with
         twice the tuning steps and ``target_accept`` 0.99, and keep the better fit (said in the diagnostics'
         notes; the options record what was kept).
     log_likelihood : bool
@@ -354,20 +355,23 @@ def fit(
     remedy = ""
     if remedies and int(draws) >= REMEDY_MIN_DRAWS and int(chains) >= 2:
         first = diagnose(tree)
-        if not first.converged:  # the remedy: longer tuning and smaller steps, once; the better of the two is kept
+        if not first.trusted:  # the remedy: longer tuning and smaller steps, once; the better of the two is kept
             kwargs2 = dict(kwargs, tune=2 * max(int(tune), 500), target_accept=max(0.99, float(target_accept)))
+            what = "not converged" if not first.converged else "not trusted"
             if status is not None:
-                status(f"not converged ({first.warnings[0].split(':')[0]}): fitting again with "
+                status(f"{what} ({first.warnings[0].split(':')[0]}): fitting again with "
                        f"{kwargs2['tune']} tuning steps and target_accept {kwargs2['target_accept']:g}")
             tree2 = _drop_stuck(_tidy_tree(_sample(pm_model, cells, kwargs2, digest, None)))
             second = diagnose(tree2)
-            better = (second.converged, -len(second.warnings), -second.max_rhat) >= (
-                first.converged, -len(first.warnings), -first.max_rhat)
+            better = (second.converged, second.trusted, -len(second.warnings), -second.divergences,
+                      -second.max_rhat) >= (first.converged, first.trusted, -len(first.warnings), -first.divergences,
+                                            -first.max_rhat)
             if better:
                 tree, kwargs = tree2, kwargs2
-            remedy = (f"not converged with {int(tune)} tuning steps ({'; '.join(first.lines())}); refitted with "
-                      f"{kwargs2['tune']} and target_accept {kwargs2['target_accept']:g}: "
-                      f"{'converged' if second.converged else 'still not converged'}"
+            outcome = "converged" if second.converged and second.trusted else (
+                "converged, still warned" if second.converged else "still not converged")
+            remedy = (f"{what} with {int(tune)} tuning steps ({'; '.join(first.lines())}); refitted with "
+                      f"{kwargs2['tune']} and target_accept {kwargs2['target_accept']:g}: {outcome}"
                       f"{'' if better else ', so the first fit is kept'}")
             tree["posterior"].attrs[REMEDY_ATTR] = remedy
     if log_likelihood:

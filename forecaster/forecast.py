@@ -11,13 +11,13 @@ import xarray as xr
 
 from .errors import QueryError
 from .fit import FitResult
-from .model import accuracy_shows_no_rise
+from .model import accuracy_shows_no_rise, family_task_pairs
 from .metrics import (
     METRICS, check_threshold, crossing_log10_compute, crossing_log10_compute_two, item_spread, metric_value,
     threshold_log_ce, threshold_log_ce_varying,
 )
 
-__all__ = ["Forecast", "forecast", "trend", "latent", "spread_at", "metric_curve", "quantile_name", "DEFAULT_QUANTILES",
+__all__ = ["Forecast", "forecast", "trend", "family_task_offsets", "latent", "spread_at", "metric_curve", "quantile_name", "DEFAULT_QUANTILES",
            "MAX_LOG10_COMPUTE"]
 
 DEFAULT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -94,7 +94,8 @@ def _select(name: str, requested: Sequence[str] | str | None, known: list[str]) 
 
 def trend(fit: FitResult, tasks=None, families=None, settings=None, tokens_per_param: float | None = None
           ) -> xr.Dataset:
-    """Per-draw trend of log CE: ``intercept`` (task, family, setting) and ``slope`` (task, setting) at ``x - c0``,
+    """Per-draw trend of log CE: ``intercept`` (task, family, setting) and ``slope`` (task, setting) plus
+    ``slope_family`` (task, family: the pair's own slope offset, zero without it) at ``x - c0``,
     with ``sigma_item`` (task), ``sigma_cell`` (scalar: spread of a new model's cell around the trend, its
     model-level and cell-level deviations together; 0 when the model has neither) and ``guess_rate`` (task:
     the exact-match floor; 0 for fits without one, e.g. saved before it existed).
@@ -170,7 +171,8 @@ def trend(fit: FitResult, tasks=None, families=None, settings=None, tokens_per_p
         alloc = xr.zeros_like(a)
         u_path = u0
         slope = post["b"].sel(task=tasks) + db
-    intercept = intercept.transpose("chain", "draw", "task", "family", "setting")
+    ft_a, ft_b = family_task_offsets(fit, tasks, families)
+    intercept = (intercept + ft_a).transpose("chain", "draw", "task", "family", "setting")
     slope = slope.transpose("chain", "draw", "task", "setting")
     sigma_item = post["sigma_item"].sel(task=tasks)
     sigma_cell = post["sigma_cell"] if "sigma_cell" in post else xr.zeros_like(post["a"].isel(task=0, drop=True))
@@ -180,17 +182,43 @@ def trend(fit: FitResult, tasks=None, families=None, settings=None, tokens_per_p
     ref = xr.DataArray([float(cells.spread_ref[cells.tasks.index(t)]) for t in tasks], coords={"task": tasks},
                        dims="task")
     guess = post["guess_rate"].sel(task=tasks) if "guess_rate" in post else xr.zeros_like(sigma_item)
-    return xr.Dataset({"intercept": intercept, "slope": slope, "sigma_item": sigma_item, "sigma_cell": sigma_cell,
+    return xr.Dataset({"intercept": intercept, "slope": slope, "slope_family": ft_b.transpose("chain", "draw", "task", "family"),
+                       "sigma_item": sigma_item, "sigma_cell": sigma_cell,
                        "spread_slope": spread_slope, "spread_ref": xr.zeros_like(sigma_item) + ref, "alloc": alloc,
                        "guess_rate": guess, **second},
                       attrs={"c0": cells.c0, "u0": u0, "u_path": u_path})
 
 
+def family_task_offsets(fit: FitResult, tasks: list[str], families: list[str]) -> tuple[xr.DataArray, xr.DataArray]:
+    """Per draw, each (task, family) pair's intercept and slope offsets (``family_task_effects``; zeros without
+    them). A pair without data gets draws from its prior (seeded: the same fit gives the same trend)."""
+    post = fit.posterior
+    shape = (post.sizes["chain"], post.sizes["draw"], len(tasks), len(families))
+    out = []
+    for name in ("family_task_a", "family_task_b"):
+        mat = np.zeros(shape)
+        if name in post:
+            _, pair_task, pair_fam = family_task_pairs(fit.cells)
+            seen = {(fit.cells.tasks[a], fit.cells.families[b]): i for i, (a, b) in enumerate(zip(pair_task, pair_fam))}
+            vals = post[name].transpose("chain", "draw", "pair").values
+            sigma = post["sigma_" + name].values
+            rng = np.random.default_rng(0 if name.endswith("_a") else 1)
+            for ti, t in enumerate(tasks):
+                for fi, f in enumerate(families):
+                    i = seen.get((t, f))
+                    mat[:, :, ti, fi] = vals[..., i] if i is not None else sigma * rng.standard_normal(shape[:2])
+        out.append(xr.DataArray(mat, dims=("chain", "draw", "task", "family"),
+                                coords={"chain": post["chain"], "draw": post["draw"], "task": tasks,
+                                        "family": families}))
+    return out[0], out[1]
+
+
 def latent(tr: xr.Dataset, dx, du=0.0) -> xr.DataArray:
     """Per-draw log CE of the typical item on the trend ``tr`` at ``dx = log10 C - c0`` and ``du = log10(params
-    / tokens) - u_path`` (off the trend's tokens-per-param path): ``intercept + slope * dx + alloc * du``, and
-    with an additive trend the log of the sum of that term and the second (``intercept2``, ...)."""
-    lc = tr["intercept"] + tr["slope"] * dx + tr["alloc"] * du
+    / tokens) - u_path`` (off the trend's tokens-per-param path): ``intercept + (slope + slope_family) * dx +
+    alloc * du``, and with an additive trend the log of the sum of that term and the second (``intercept2``, ...)."""
+    slope = tr["slope"] + tr["slope_family"] if "slope_family" in tr else tr["slope"]
+    lc = tr["intercept"] + slope * dx + tr["alloc"] * du
     if "slope2" in tr:
         lc = np.logaddexp(lc, tr["intercept2"] + tr["slope2"] * dx + tr["alloc2"] * du)
     return lc
@@ -295,7 +323,8 @@ def forecast(
             )
         else:
             x = crossing_log10_compute(
-                tr["intercept"].sel(task=t).values, tr["slope"].sel(task=t).values[..., None, :],
+                tr["intercept"].sel(task=t).values,
+                tr["slope"].sel(task=t).values[..., None, :] + tr["slope_family"].sel(task=t).values[..., :, None],
                 mu_star[..., None, None], c0,
             )
         cross.append(x)

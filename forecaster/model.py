@@ -8,6 +8,8 @@ forecast stage (per draw):
   params and tokens terms per decade of each) and ``trend_share`` (task: log-odds of the params term at the
   reference), see :func:`additive_trend`;
 * ``a_family`` (family): family offsets (absent with one family);
+* ``family_task_b``, ``family_task_a`` (pair): each (task, family) pair's slope and intercept around the task's
+  (``family_task_effects``; the intercept only without model deviations);
 * ``da``, ``db`` (task, setting): setting effects (reference setting = 0; absent with one setting);
 * ``sigma_item`` (task): spread of log CE across items at one model (where the task's typical item is at its
   median observed log CE, ``cells.spread_ref``);
@@ -390,6 +392,33 @@ def use_allocation(cells: CellData, spec: ModelSpec) -> bool:
     return bool(resid.std() >= ALLOCATION_MIN_SD)
 
 
+def family_task_pairs(cells: CellData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each cell's (task, family) pair index, and each pair's task and family index."""
+    n_fam = len(cells.families)
+    key = np.asarray(cells.cell_task, int) * n_fam + np.asarray(cells.cell_family, int)
+    uniq, inv = np.unique(key, return_inverse=True)
+    return inv.reshape(-1).astype(int), (uniq // n_fam).astype(int), (uniq % n_fam).astype(int)
+
+
+def use_family_task(cells: CellData, spec: ModelSpec) -> bool:
+    """Whether each (task, family) pair gets its own slope (and intercept) around the task's.
+
+    ``auto``: on when two or more families each have a task seen at two or more compute levels, so that a
+    family's own slope can be told from the data; with one family the task's line is the family's.
+    """
+    choice = spec.structure.get("family_task_effects", False)
+    if choice is False or len(cells.families) < 2:
+        return False
+    if choice is True:
+        return True
+    pair, _, pair_fam = family_task_pairs(cells)
+    levels = {}
+    for p_, x in zip(pair, np.round(np.asarray(cells.cell_x, float), 6)):
+        levels.setdefault(int(p_), set()).add(float(x))
+    told = {int(pair_fam[p_]) for p_, xs in levels.items() if len(xs) >= 2}
+    return len(told) >= 2
+
+
 def spread_identified(cells: CellData) -> np.ndarray:
     """Tasks whose item-spread growth is free: those with log-prob or CE data at >= 2 computes (elsewhere 0).
 
@@ -732,6 +761,34 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
         if alloc is None and sr.allocation:
             alloc = _task_level(spec, "alloc", "mu_alloc", "sigma_alloc", centered_task)
         alloc_value = alloc if alloc_value is None else alloc_value
+        ft_a = ft_b = None
+        if sr.family_task_slopes:
+            # each (task, family) pair seen in the data: its own slope (and intercept) around the task's line
+            cell_pair, pair_task, pair_fam = family_task_pairs(cells)
+            pair_of = {(int(a_), int(b_)): i for i, (a_, b_) in enumerate(zip(pair_task, pair_fam))}
+            model.add_coord("pair", [f"{cells.tasks[a_]} | {cells.families[b_]}" for a_, b_ in zip(pair_task, pair_fam)])
+            sigma_ftb = spec.prior("sigma_family_task_b")
+            ft_b = pm.Deterministic("family_task_b", sigma_ftb * pm.Normal("family_task_b_z", 0.0, 1.0, dims="pair"),
+                                    dims="pair")
+            if sr.family_task_intercepts:
+                sigma_fta = spec.prior("sigma_family_task_a")
+                ft_a = pm.Deterministic("family_task_a",
+                                        sigma_fta * pm.Normal("family_task_a_z", 0.0, 1.0, dims="pair"), dims="pair")
+
+        def family_task_at(ti: np.ndarray, fi: np.ndarray, tag: str):
+            """The pairs' intercept and slope offsets; a pair without data draws fresh ones from their prior."""
+            pos = np.array([pair_of.get((int(a_), int(b_)), -1) for a_, b_ in zip(ti, fi)], int)
+            vec_a, vec_b = ft_a, ft_b
+            unseen = pos < 0
+            if unseen.any():
+                uniq, inv = np.unique(ti[unseen] * n_fam + fi[unseen], return_inverse=True)
+                pos[unseen] = len(pair_task) + inv.reshape(-1)
+                vec_b = pt.concatenate([ft_b, sigma_ftb * pm.Normal(f"family_task_b_z{tag}", 0.0, 1.0,
+                                                                    shape=len(uniq))])
+                if ft_a is not None:
+                    vec_a = pt.concatenate([ft_a, sigma_fta * pm.Normal(f"family_task_a_z{tag}", 0.0, 1.0,
+                                                                        shape=len(uniq))])
+            return (0.0 if vec_a is None else vec_a[pos]), vec_b[pos]
 
         def trend_at(ti: np.ndarray, fi: np.ndarray, si: np.ndarray, x: np.ndarray, u: np.ndarray, tag: str = "",
                      values: bool = False):
@@ -756,6 +813,9 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
                 dn, dd = _data(f"params_rel{tag}", dn), _data(f"tokens_rel{tag}", dd)
                 mu = additive_trend(intercept, share[ti], b_params[ti] + slope, b_tokens[ti] + slope, dn, dd, xp=pt)
             else:
+                if ft_b is not None:
+                    off_a, off_b = family_task_at(np.asarray(ti, int), np.asarray(fi, int), tag)
+                    intercept, slope = intercept + off_a, slope + off_b
                 mu = intercept + slope * _data(f"x_rel{tag}", x - cells.c0)
             if alloc_ is not None:
                 # at fixed compute, the split between parameters and tokens moves log CE too (see use_allocation)

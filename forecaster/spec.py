@@ -28,11 +28,13 @@ REQUIRED_PRIORS = (
 )
 #: Priors needed only when a structure switch asks for them (switch -> prior).
 OPTIONAL_PRIORS = {"spread_varies": ("spread_slope",), "allocation_effect": ("mu_alloc", "sigma_alloc"),
-                   "model_deviation": ("sigma_model",), "em_floor": ("guess_rate",)}
+                   "model_deviation": ("sigma_model",), "em_floor": ("guess_rate",),
+                   "family_task_effects": ("sigma_family_task_a", "sigma_family_task_b")}
 #: Priors of the additive trend (``trend = "additive"``).
 ADDITIVE_PRIORS = ("trend_share", "mu_b_params", "sigma_b_params", "mu_b_tokens", "sigma_b_tokens")
 # Priors that are spreads or rates: a fixed value must be positive.
-_POSITIVE = {n for n in (*REQUIRED_PRIORS, *ADDITIVE_PRIORS) if n.startswith("sigma")} | {"em_concentration"}
+_POSITIVE = {n for n in (*REQUIRED_PRIORS, *ADDITIVE_PRIORS) if n.startswith("sigma")} | {
+    "em_concentration", "sigma_family_task_a", "sigma_family_task_b"}
 #: The one set of structure defaults: the shipped ``models/default.toml`` (read below, after :func:`spec_dir`).
 STRUCTURE_DEFAULTS: dict[str, Any] = {}
 _CHOICES = {
@@ -41,6 +43,7 @@ _CHOICES = {
     "em_expectation": {"spline", "gauss-hermite"},
     "allocation_effect": {True, False, "auto"},
     "model_deviation": {True, False, "auto"},
+    "family_task_effects": {True, False, "auto"},
     "model_deviation_split": {True, False},
     "em_floor": {True, False, "auto"},
     "trend": {"loglinear", "additive"},

@@ -51,6 +51,9 @@ class Structure:
     centered_slope: tuple[bool, ...]
     centered_cell: tuple[bool, ...]
     deviation_split: bool
+    # ---- model choices added later (default off: fits saved before them had none)
+    family_task_slopes: bool = False
+    family_task_intercepts: bool = False
 
     def model_choices(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in REPARAMETRIZATIONS}
@@ -80,7 +83,9 @@ class Structure:
         terms = [f"trend {self.trend}"]
         terms += [name for name, on in (("family offsets", self.family_effects), ("setting effects", self.setting_effects),
                                          ("cell deviations", self.cell_deviation), ("params/tokens allocation", self.allocation),
-                                         ("model deviations", self.model_deviation)) if on]
+                                         ("model deviations", self.model_deviation),
+                                         ("family-by-task intercepts", self.family_task_intercepts),
+                                         ("family-by-task slopes", self.family_task_slopes)) if on]
         lines = ["model: " + ", ".join(terms)]
         lines.append(f"item spread grows as the task is learned: {some(self.spread_free) if self.spread_varies else 'off'}")
         lines.append(f"exact-match floor (guess rate): {some(self.floor)}")
@@ -120,6 +125,7 @@ def resolve_structure(cells: CellData, spec: ModelSpec) -> Structure:
     ident[np.asarray(cells.group_task, int)] = True
     persistence_free = ident if m.persistence_mean(spec) is not None else np.ones(n_task, bool)
     spread_varies = bool(st["spread_varies"])
+    ft_slopes = (not additive) and m.use_family_task(cells, spec)
     return Structure(
         trend=str(st.get("trend", "loglinear")),
         family_effects=bool(st["family_effects"]) and len(cells.families) >= 2,
@@ -138,6 +144,8 @@ def resolve_structure(cells: CellData, spec: ModelSpec) -> Structure:
         centered_slope=_flags(centered_slope),
         centered_cell=_flags(centered_cell),
         deviation_split=split is not None,
+        family_task_slopes=ft_slopes,
+        family_task_intercepts=ft_slopes and dev_idx is None,
     )
 
 

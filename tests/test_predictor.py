@@ -13,7 +13,7 @@ import forecaster as fc
 from forecaster.data import summarize, validate
 from forecaster.errors import QueryError
 from forecaster.forecast import latent, trend
-from forecaster.model import NewCells, build_model
+from forecaster.model import NewCells, build_model, family_task_pairs
 from forecaster.spec import load_spec
 
 
@@ -32,7 +32,8 @@ def _variant(spec, **structure):
                                                 **structure})
 
 
-@pytest.mark.parametrize("variant", ["default", "no-settings-families", "allocation", "additive", "betabinomial"])
+@pytest.mark.parametrize("variant", ["default", "no-settings-families", "allocation", "additive", "betabinomial",
+                                     "family-task"])
 def test_new_cells_get_the_models_own_trend(demo_table, variant):
     """At random parameter values, the trend of 'new' cells placed where the observed cells are equals the
     model's mean of those cells (deviations off), for each structure variant."""
@@ -40,7 +41,7 @@ def test_new_cells_get_the_models_own_trend(demo_table, variant):
     spec = load_spec()
     extra = {"default": {}, "no-settings-families": {"setting_effects": False, "family_effects": False},
              "allocation": {"allocation_effect": True}, "additive": {"trend": "additive"},
-             "betabinomial": {"em_likelihood": "betabinomial"}}[variant]
+             "betabinomial": {"em_likelihood": "betabinomial"}, "family-task": {"family_task_effects": True}}[variant]
     if variant == "additive":
         spec = load_spec("additive")
     spec = _variant(spec, **extra)
@@ -51,6 +52,8 @@ def test_new_cells_get_the_models_own_trend(demo_table, variant):
     model = build_model(cells, spec, new=new)
     if variant == "allocation":
         assert "alloc" in model.named_vars
+    if variant == "family-task":
+        assert {"family_task_a", "family_task_b"} <= set(model.named_vars)
     fn = model.compile_fn([model["mu_cell"], model["mu_trend_new"], model["mu_new"]], inputs=model.value_vars,
                           on_unused_input="ignore")
     rng = np.random.default_rng(5)
@@ -117,7 +120,9 @@ def test_new_models_get_the_trends_own_values_under_the_deviation_split(demo_tab
     new = NewCells(task=cells.cell_task, family=cells.cell_family, setting=cells.cell_setting, x=cells.cell_x,
                    u=cells.cell_u, k=cells.cell_k, n_items=np.zeros(cells.n_cells, int))
     model = build_model(cells, spec, sr, new=new)
-    names = ["a", "b", "alloc", "a_family", "da", "db", "mu_trend_new"]
+    names = ["a", "b", "alloc", "a_family", "da", "db", "family_task_b", "mu_trend_new"]
+    assert sr.family_task_slopes and not sr.family_task_intercepts  # model deviations hold the pair intercepts
+    pair = family_task_pairs(cells)[0]
     outs = model.replace_rvs_by_values([model[n] for n in names])  # the values at the point, not fresh draws
     fn = model.compile_fn(outs, inputs=model.value_vars, on_unused_input="ignore")
     from pymc.initial_point import make_initial_point_fn
@@ -127,9 +132,9 @@ def test_new_models_get_the_trends_own_values_under_the_deviation_split(demo_tab
     t, f, s = cells.cell_task, cells.cell_family, cells.cell_setting
     for _ in range(3):
         point = {k: v + rng.normal(0.0, 0.3, np.shape(v)) for k, v in start.items()}
-        a, b, alloc, fam, da, db, mu_new = fn(point)
+        a, b, alloc, fam, da, db, ftb, mu_new = fn(point)
         a_eff = point["a_eff"]
-        want = (a[t] + fam[f] + da[t, s] + (b[t] + db[t, s]) * (cells.cell_x - cells.c0)
+        want = (a[t] + fam[f] + da[t, s] + (b[t] + db[t, s] + ftb[pair]) * (cells.cell_x - cells.c0)
                 + alloc[t] * (cells.cell_u - cells.u0))
         np.testing.assert_allclose(mu_new, want, rtol=1e-10, atol=1e-10)
         assert not np.allclose(a, a_eff)  # the split moved the sampled intercept: the test can tell the two apart
