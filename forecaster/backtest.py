@@ -380,7 +380,7 @@ def _bayes_predict(fitres: FitResult, test_pts: pd.DataFrame, rng: np.random.Gen
     if not keep:
         return []
     pts = test_pts.iloc[keep].reset_index(drop=True)
-    rows = pts[["task", "family", "setting", "compute", "n_items"]].assign(n_tokens=pts["k"])
+    rows = pts[["task", "family", "setting", "model", "compute", "n_items"]].assign(n_tokens=pts["k"])
     u = pts["u"].to_numpy(float)
     if np.isfinite(u).all():  # the held-out models' own params/tokens split: params * tokens = compute / 6
         params = np.sqrt(pts["compute"].to_numpy(float) / 6.0 * 10.0**u)

@@ -823,15 +823,18 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
             return mu
 
         mu = trend_at(t, f, s, cells.cell_x, cells.cell_u)
+        dev_all = None  # each (model, task) deviation, where the model has them
         if split is not None:
             if dev_basis.shape[1]:
                 w_model = pm.Normal("model_dev_w", 0.0, 1.0, shape=dev_basis.shape[1])
-                mu = mu + sigma_model * pt.dot(_data("dev_basis", dev_basis), w_model)[bt]
+                dev_all = sigma_model * pt.dot(_data("dev_basis", dev_basis), w_model)
+                mu = mu + dev_all[bt]
         elif bt is not None:
             # checkpoints of one model share that model's deviation from the trend (per task)
             sigma_model = spec.prior("sigma_model")
             z_model = pm.Normal("model_dev_z", 0.0, 1.0, shape=int(bt.max()) + 1)
-            mu = mu + sigma_model * z_model[bt]
+            dev_all = sigma_model * z_model
+            mu = mu + dev_all[bt]
         if sr.cell_deviation:
             # each cell's log CE deviates from its trend; centered cells are sampled around the trend itself
             # (not as trend + centered deviation, which ties every well-measured cell to the trend's parameters)
@@ -961,6 +964,14 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
                                                              np.asarray(new.u, float), "_new", values=True), dims="new")
             if bt is not None:
                 mu_n = mu_n + sigma_model * pm.Normal("model_dev_new", 0.0, 1.0, dims="new")
+                known = _known_deviation(cells, new)
+                if (known >= 0).any():
+                    # a later checkpoint of a fitted model keeps that model's deviation on the task: it sits where
+                    # the observed cells do (the sampled trend plus the model's deviation), not on a fresh one
+                    dev = dev_all if dev_all is not None else pt.zeros(int(bt.max()) + 1)
+                    seen = trend_at(tn, np.asarray(new.family, int), np.asarray(new.setting, int),
+                                    np.asarray(new.x, float), np.asarray(new.u, float), "_new_seen")
+                    mu_n = pt.where(known >= 0, seen + dev[np.maximum(known, 0)], mu_n)
             if sr.cell_deviation:
                 mu_n = mu_n + sigma_cell * pm.Normal("cell_dev_new", 0.0, 1.0, dims="new")
             mu_n = pm.Deterministic("mu_new", mu_n, dims="new")
@@ -973,11 +984,28 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
     return model
 
 
+def _known_deviation(cells: CellData, new: NewCells) -> np.ndarray:
+    """For each new cell, the index of its (base model, task) deviation when that model was fitted on that task
+    (a later checkpoint of it), else -1."""
+    out = np.full(len(new.x), -1, int)
+    if new.base is None or len(cells.cell_base) != cells.n_cells:
+        return out
+    n_task = len(cells.tasks)
+    keys = np.unique(cells.cell_base * n_task + cells.cell_task)
+    base = np.asarray(new.base, int)
+    want = base * n_task + np.asarray(new.task, int)
+    pos = np.clip(np.searchsorted(keys, want), 0, len(keys) - 1)
+    hit = (base >= 0) & (keys[pos] == want)
+    out[hit] = pos[hit]
+    return out
+
+
 @dataclass
 class NewCells:
     """Cells of models not yet observed, for prediction: indices into the fit's tasks, families and settings,
     log10 compute ``x``, log10(params / tokens) ``u`` (the data's median where unknown), answer length ``k``
-    and test-set size ``n_items`` (0 for none: no replicated counts)."""
+    and test-set size ``n_items`` (0 for none: no replicated counts); ``base``: the index of each cell's model
+    among the fitted base models when it is a checkpoint of one of them (-1: a new model)."""
 
     task: np.ndarray
     family: np.ndarray
@@ -986,3 +1014,4 @@ class NewCells:
     u: np.ndarray
     k: np.ndarray
     n_items: np.ndarray
+    base: np.ndarray | None = None

@@ -93,8 +93,12 @@ def _new_cells(fit: FitResult, new: pd.DataFrame) -> tuple[NewCells, pd.DataFram
         n_items = n.astype(np.int64)
     df["log10_compute"] = np.log10(compute)
     df["n_tokens"] = k
+    base = np.full(len(df), -1, int)
+    if "model" in df.columns:  # a later checkpoint ("name@step") of a fitted model keeps that model's deviation
+        lookup = {b: i for i, b in enumerate(c.bases)}
+        base = df["model"].astype(str).str.split("@", n=1).str[0].map(lookup).fillna(-1).to_numpy(int)
     cells = NewCells(task=idx["task"], family=idx["family"], setting=idx["setting"], x=np.log10(compute), u=u,
-                     k=k, n_items=n_items)
+                     k=k, n_items=n_items, base=base)
     return cells, df
 
 
@@ -126,8 +130,9 @@ def predict(fit: FitResult, new: pd.DataFrame, *, seed: int = 0, draws: int | No
         A fit (:func:`forecaster.fit` or :func:`forecaster.load_fit`).
     new : DataFrame
         One row per future model and task: ``family``, ``task``, optional ``setting`` (default: the reference),
-        ``compute`` or ``params`` and ``tokens``, optional ``n_tokens`` (default: the task's mean answer length)
-        and ``n_items`` (a test set's size: adds the observed accuracy on it).
+        ``compute`` or ``params`` and ``tokens``, optional ``n_tokens`` (default: the task's mean answer length),
+        ``n_items`` (a test set's size: adds the observed accuracy on it) and ``model`` (a later checkpoint
+        ``name@step...`` of a fitted model keeps that model's deviation; other names are new models).
     seed : int
         The same fit, rows and seed give the same draws.
     draws : int, optional

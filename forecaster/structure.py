@@ -145,7 +145,8 @@ def resolve_structure(cells: CellData, spec: ModelSpec) -> Structure:
         centered_cell=_flags(centered_cell),
         deviation_split=split is not None,
         family_task_slopes=ft_slopes,
-        family_task_intercepts=ft_slopes and dev_idx is None,
+        # the pair intercepts are the family offsets with one task, and the model deviations' share with checkpoints
+        family_task_intercepts=ft_slopes and dev_idx is None and n_task >= 2,
     )
 
 

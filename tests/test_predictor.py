@@ -138,3 +138,43 @@ def test_new_models_get_the_trends_own_values_under_the_deviation_split(demo_tab
                 + alloc[t] * (cells.cell_u - cells.u0))
         np.testing.assert_allclose(mu_new, want, rtol=1e-10, atol=1e-10)
         assert not np.allclose(a, a_eff)  # the split moved the sampled intercept: the test can tell the two apart
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_a_later_checkpoint_keeps_its_models_deviation(demo_table, split):
+    """A new cell of a fitted model (a later checkpoint, same task) sits where the model's observed cells do:
+    at random parameter values its latent equals the model's mean of those cells (cell deviations off), with and
+    without the deviation split; a new model (base -1) does not."""
+    table = _with_params_tokens(demo_table)
+    spec = dataclasses.replace(load_spec(), structure={**load_spec().structure, "cell_deviation": False,
+                                                       "allocation_effect": True, "model_deviation_split": split})
+    cells = summarize(table)
+    base = cells.cell_base.copy()
+    base[::2] = -1
+    new = NewCells(task=cells.cell_task, family=cells.cell_family, setting=cells.cell_setting, x=cells.cell_x,
+                   u=cells.cell_u, k=cells.cell_k, n_items=np.zeros(cells.n_cells, int), base=base)
+    model = build_model(cells, spec, new=new)
+    assert ("model_dev_w" in model.named_vars) == split and ("model_dev_z" in model.named_vars) != split
+    outs = model.replace_rvs_by_values([model["mu_cell"], model["mu_new"]])  # at the point, not fresh draws
+    fn = model.compile_fn(outs, inputs=model.value_vars, on_unused_input="ignore")
+    from pymc.initial_point import make_initial_point_fn
+
+    start = make_initial_point_fn(model=model, jitter_rvs=set(), default_strategy="support_point")(0)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        point = {k: v + rng.normal(0.0, 0.3, np.shape(v)) for k, v in start.items()}
+        mu_cell, mu_new = fn(point)
+        np.testing.assert_allclose(mu_new[1::2], mu_cell[1::2], rtol=1e-10, atol=1e-10)
+        assert not np.allclose(mu_new[::2], mu_cell[::2])  # fresh deviations for new models
+
+
+def test_predict_reads_the_model_column_for_checkpoints(tiny_fit):
+    """A row named as a checkpoint of a fitted model ("name@step...") is that model; another name is new."""
+    from forecaster.predict import _new_cells
+
+    c = tiny_fit.cells
+    rows = pd.DataFrame({"task": c.tasks[0], "family": c.families[0], "compute": 1e21,
+                         "model": [c.bases[1] + "@step999999", "brand-new"]})
+    cells, _ = _new_cells(tiny_fit, rows)
+    assert cells.base.tolist() == [1, -1]
+    assert (_new_cells(tiny_fit, rows.drop(columns="model"))[0].base == -1).all()

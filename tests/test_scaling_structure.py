@@ -152,3 +152,66 @@ def test_tokens_per_param_moves_the_crossing_in_closed_form():
     expect = -alloc * (-np.log10(20) + np.log10(200)) / slope
     ok = np.isfinite(f20) & np.isfinite(f200)
     np.testing.assert_allclose(f20[ok] - f200[ok], expect[ok], atol=1e-6)
+
+
+def _two_families(sizes_g: tuple[float, ...], slope_g: float = -0.6) -> pd.DataFrame:
+    """Families f (three sizes, slope -0.3 per decade of params) and g (``sizes_g``, slope ``slope_g``) on task t,
+    final models only (one token count per model), aggregate CE with counts; each cell off its line by ~0.05."""
+    rows, rng = [], np.random.default_rng(4)
+    for fam, sizes, slope in (("f", (1e8, 4e8, 1.6e9), -0.3), ("g", sizes_g, slope_g)):
+        for params in sizes:
+            mu = 0.3 + slope * (np.log10(params) - 8.6) + rng.normal(0.0, 0.05)
+            ce = float(np.exp(mu + 0.5))
+            rows.append(dict(family=fam, model=f"{fam}{params:.0e}", task="t", params=params, tokens=20 * params,
+                             n_items=2000, n_tokens=2, ce=ce, n_correct=int(2000 * np.exp(-2 * ce))))
+    return pd.DataFrame(rows)
+
+
+def test_family_task_effects_switch_on_where_a_familys_own_slope_can_be_told():
+    """auto: on when two or more families each see a task at two or more computes; off with one family or
+    with a single model in the second; with one task or with model deviations (checkpoints) only the slope."""
+    from forecaster.model import use_family_task
+    from forecaster.structure import resolve_structure
+
+    spec = load_spec()
+    one_task = _two_families((1e8, 1e9))
+    both = summarize(validate(pd.concat([one_task, one_task.assign(task="u")], ignore_index=True)))
+    assert use_family_task(both, spec)
+    sr = resolve_structure(both, spec)
+    assert sr.family_task_slopes and sr.family_task_intercepts and not sr.model_deviation
+    assert {"family_task_a", "family_task_b"} <= set(build_model(both, spec, sr).named_vars)
+    sr = resolve_structure(summarize(validate(one_task)), spec)
+    assert sr.family_task_slopes and not sr.family_task_intercepts
+    one_model = summarize(validate(_two_families((1e9,))))
+    assert not use_family_task(one_model, spec)
+    assert not use_family_task(summarize(validate(_checkpoint_table())), spec)  # one family
+    ckpt = pd.concat([_checkpoint_table(0), _checkpoint_table(1).assign(family="g")], ignore_index=True)
+    ckpt["model"] = np.where(ckpt["family"] == "g", "g" + ckpt["model"], ckpt["model"])
+    sr = resolve_structure(summarize(validate(ckpt)), spec)
+    assert sr.model_deviation and sr.family_task_slopes and not sr.family_task_intercepts
+
+
+def test_a_familys_own_slope_is_forecast():
+    """Family g falls twice as fast as f on the same task: with the pair slopes its forecast follows its own
+    line (the trend at 1e10 params differs between the families by the slopes' difference), without them not."""
+    import dataclasses
+
+    from forecaster.fit import fit
+    from forecaster.forecast import latent
+
+    table = _two_families((1e8, 3e8, 1e9), slope_g=-0.6)
+    spec = load_spec()
+    res = fit(table, model=spec, seed=2, draws=300, tune=400, chains=2, remedies=False, log_likelihood=False)
+    assert res.structure.family_task_slopes
+    tr = trend(res)
+    x_far = np.log10(6 * 1e10 * 2e11) - res.cells.c0
+    lc = latent(tr.sel(task="t", setting=tr.setting.values[0]), x_far)
+    gap = (lc.sel(family="f") - lc.sel(family="g")).values.ravel()
+    # truth: at 1e10 params the lines differ by 0.3 * 1.4 decades = 0.42 more than at the pivot 10**8.6
+    assert np.median(gap) > 0.25, np.quantile(gap, [0.05, 0.5, 0.95])
+    off = dataclasses.replace(spec, structure={**spec.structure, "family_task_effects": False})
+    res0 = fit(table, model=off, seed=2, draws=300, tune=400, chains=2, remedies=False, log_likelihood=False)
+    tr0 = trend(res0)
+    lc0 = latent(tr0.sel(task="t", setting=tr0.setting.values[0]), x_far)
+    gap0 = (lc0.sel(family="f") - lc0.sel(family="g")).values.ravel()
+    assert np.median(gap0) < np.median(gap)
