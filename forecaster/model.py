@@ -9,7 +9,7 @@ forecast stage (per draw):
   reference), see :func:`additive_trend`;
 * ``a_family`` (family): family offsets (absent with one family);
 * ``family_task_b``, ``family_task_a`` (pair): each (task, family) pair's slope and intercept around the task's
-  (``family_task_effects``; the intercept only without model deviations);
+  (``family_task_effects``; mean zero over a task's families; the intercept only without model deviations);
 * ``da``, ``db`` (task, setting): setting effects (reference setting = 0; absent with one setting);
 * ``sigma_item`` (task): spread of log CE across items at one model (where the task's typical item is at its
   median observed log CE, ``cells.spread_ref``);
@@ -400,6 +400,13 @@ def family_task_pairs(cells: CellData) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return inv.reshape(-1).astype(int), (uniq // n_fam).astype(int), (uniq % n_fam).astype(int)
 
 
+def _centered_within(z, groups: np.ndarray, n_groups: int):
+    """``z`` less the mean of its group (vectorized: one scatter-add, whatever the number of groups)."""
+    counts = np.maximum(np.bincount(groups, minlength=n_groups), 1).astype(float)
+    sums = pt.inc_subtensor(pt.zeros(n_groups)[groups], z)
+    return z - (sums / counts)[groups]
+
+
 def use_family_task(cells: CellData, spec: ModelSpec) -> bool:
     """Whether each (task, family) pair gets its own slope (and intercept) around the task's.
 
@@ -767,13 +774,16 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
             cell_pair, pair_task, pair_fam = family_task_pairs(cells)
             pair_of = {(int(a_), int(b_)): i for i, (a_, b_) in enumerate(zip(pair_task, pair_fam))}
             model.add_coord("pair", [f"{cells.tasks[a_]} | {cells.families[b_]}" for a_, b_ in zip(pair_task, pair_fam)])
+            # zero mean over each task's families (the task's own slope is their average; otherwise the two trade
+            # places along a ridge), and the intercepts also over each family's tasks (the family offset's)
             sigma_ftb = spec.prior("sigma_family_task_b")
-            ft_b = pm.Deterministic("family_task_b", sigma_ftb * pm.Normal("family_task_b_z", 0.0, 1.0, dims="pair"),
-                                    dims="pair")
+            z_b = _centered_within(pm.Normal("family_task_b_z", 0.0, 1.0, dims="pair"), pair_task, n_task)
+            ft_b = pm.Deterministic("family_task_b", sigma_ftb * z_b, dims="pair")
             if sr.family_task_intercepts:
                 sigma_fta = spec.prior("sigma_family_task_a")
-                ft_a = pm.Deterministic("family_task_a",
-                                        sigma_fta * pm.Normal("family_task_a_z", 0.0, 1.0, dims="pair"), dims="pair")
+                z_a = _centered_within(pm.Normal("family_task_a_z", 0.0, 1.0, dims="pair"), pair_task, n_task)
+                ft_a = pm.Deterministic("family_task_a", sigma_fta * _centered_within(z_a, pair_fam, n_fam),
+                                        dims="pair")
 
         def family_task_at(ti: np.ndarray, fi: np.ndarray, tag: str):
             """The pairs' intercept and slope offsets; a pair without data draws fresh ones from their prior."""
