@@ -419,11 +419,9 @@ def use_family_task(cells: CellData, spec: ModelSpec) -> bool:
     if choice is True:
         return True
     pair, _, pair_fam = family_task_pairs(cells)
-    levels = {}
-    for p_, x in zip(pair, np.round(np.asarray(cells.cell_x, float), 6)):
-        levels.setdefault(int(p_), set()).add(float(x))
-    told = {int(pair_fam[p_]) for p_, xs in levels.items() if len(xs) >= 2}
-    return len(told) >= 2
+    seen = np.unique(np.column_stack([pair, np.round(np.asarray(cells.cell_x, float), 6)]), axis=0)
+    levels = np.bincount(seen[:, 0].astype(int), minlength=len(pair_fam))  # distinct computes per pair
+    return len(np.unique(pair_fam[levels >= 2])) >= 2
 
 
 def spread_identified(cells: CellData) -> np.ndarray:
@@ -771,9 +769,9 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
         ft_a = ft_b = None
         if sr.family_task_slopes:
             # each (task, family) pair seen in the data: its own slope (and intercept) around the task's line
-            cell_pair, pair_task, pair_fam = family_task_pairs(cells)
-            pair_of = {(int(a_), int(b_)): i for i, (a_, b_) in enumerate(zip(pair_task, pair_fam))}
-            model.add_coord("pair", [f"{cells.tasks[a_]} | {cells.families[b_]}" for a_, b_ in zip(pair_task, pair_fam)])
+            _, pair_task, pair_fam = family_task_pairs(cells)
+            pair_key = pair_task * n_fam + pair_fam  # sorted (family_task_pairs takes np.unique)
+            model.add_coord("pair", list(range(len(pair_key))))  # (task, family): forecast.family_task_offsets
             # zero mean over each task's families (the task's own slope is their average; otherwise the two trade
             # places along a ridge), and the intercepts also over each family's tasks (the family offset's)
             sigma_ftb = spec.prior("sigma_family_task_b")
@@ -787,9 +785,10 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
 
         def family_task_at(ti: np.ndarray, fi: np.ndarray, tag: str):
             """The pairs' intercept and slope offsets; a pair without data draws fresh ones from their prior."""
-            pos = np.array([pair_of.get((int(a_), int(b_)), -1) for a_, b_ in zip(ti, fi)], int)
+            key = ti * n_fam + fi
+            pos = np.clip(np.searchsorted(pair_key, key), 0, len(pair_key) - 1)
+            unseen = pair_key[pos] != key
             vec_a, vec_b = ft_a, ft_b
-            unseen = pos < 0
             if unseen.any():
                 uniq, inv = np.unique(ti[unseen] * n_fam + fi[unseen], return_inverse=True)
                 pos[unseen] = len(pair_task) + inv.reshape(-1)
