@@ -11,7 +11,7 @@ import xarray as xr
 
 from .errors import QueryError
 from .fit import FitResult
-from .model import accuracy_shows_no_rise, family_task_pairs
+from .model import accuracy_shows_no_rise, family_task_pairs, family_task_pivots
 from .metrics import (
     METRICS, check_threshold, crossing_log10_compute, crossing_log10_compute_two, item_spread, metric_value,
     threshold_log_ce, threshold_log_ce_varying,
@@ -171,7 +171,7 @@ def trend(fit: FitResult, tasks=None, families=None, settings=None, tokens_per_p
         alloc = xr.zeros_like(a)
         u_path = u0
         slope = post["b"].sel(task=tasks) + db
-    ft_a, ft_b = family_task_offsets(fit, tasks, families)
+    ft_a, ft_b = family_task_offsets(fit, tasks, families)  # intercept at c0 (the slope pivots elsewhere)
     intercept = (intercept + ft_a).transpose("chain", "draw", "task", "family", "setting")
     slope = slope.transpose("chain", "draw", "task", "setting")
     sigma_item = post["sigma_item"].sel(task=tasks)
@@ -190,27 +190,34 @@ def trend(fit: FitResult, tasks=None, families=None, settings=None, tokens_per_p
 
 
 def family_task_offsets(fit: FitResult, tasks: list[str], families: list[str]) -> tuple[xr.DataArray, xr.DataArray]:
-    """Per draw, each (task, family) pair's intercept and slope offsets (``family_task_effects``; zeros without
-    them). A pair without data gets draws from its prior (seeded: the same fit gives the same trend)."""
+    """Per draw, each (task, family) pair's offsets of the intercept at ``c0`` and of the slope
+    (``family_task_effects``; zeros without them). The model's slope offset pivots on the pair's mean compute,
+    so the intercept at ``c0`` moves by ``-b_ft * (pivot - c0)``. A pair without data gets draws from its prior
+    (seeded: the same fit gives the same trend)."""
     post = fit.posterior
     shape = (post.sizes["chain"], post.sizes["draw"], len(tasks), len(families))
-    out = []
-    for name in ("family_task_a", "family_task_b"):
-        mat = np.zeros(shape)
-        if name in post:
-            _, pair_task, pair_fam = family_task_pairs(fit.cells)
-            seen = {(fit.cells.tasks[a], fit.cells.families[b]): i for i, (a, b) in enumerate(zip(pair_task, pair_fam))}
-            vals = post[name].transpose("chain", "draw", "pair").values
-            sigma = post["sigma_" + name].values
-            rng = np.random.default_rng(0 if name.endswith("_a") else 1)
-            for ti, t in enumerate(tasks):
-                for fi, f in enumerate(families):
-                    i = seen.get((t, f))
-                    mat[:, :, ti, fi] = vals[..., i] if i is not None else sigma * rng.standard_normal(shape[:2])
-        out.append(xr.DataArray(mat, dims=("chain", "draw", "task", "family"),
-                                coords={"chain": post["chain"], "draw": post["draw"], "task": tasks,
-                                        "family": families}))
-    return out[0], out[1]
+    mat_a, mat_b = np.zeros(shape), np.zeros(shape)
+    if "family_task_b" in post:
+        _, pair_task, pair_fam = family_task_pairs(fit.cells)
+        seen = {(fit.cells.tasks[a], fit.cells.families[b]): i for i, (a, b) in enumerate(zip(pair_task, pair_fam))}
+        vb = post["family_task_b"].transpose("chain", "draw", "pair").values
+        va = post["family_task_a"].transpose("chain", "draw", "pair").values if "family_task_a" in post else None
+        va_c0 = (0.0 if va is None else va) - vb * (family_task_pivots(fit.cells) - fit.cells.c0)
+        sb = post["sigma_family_task_b"].values
+        sa = post["sigma_family_task_a"].values if va is not None else None
+        rng_a, rng_b = np.random.default_rng(0), np.random.default_rng(1)
+        for ti, t in enumerate(tasks):
+            for fi, f in enumerate(families):
+                i = seen.get((t, f))
+                if i is not None:
+                    mat_a[:, :, ti, fi], mat_b[:, :, ti, fi] = va_c0[..., i], vb[..., i]
+                else:  # never seen: offsets from their prior, the slope pivoting on c0
+                    mat_b[:, :, ti, fi] = sb * rng_b.standard_normal(shape[:2])
+                    if sa is not None:
+                        mat_a[:, :, ti, fi] = sa * rng_a.standard_normal(shape[:2])
+    coords = {"chain": post["chain"], "draw": post["draw"], "task": tasks, "family": families}
+    dims = ("chain", "draw", "task", "family")
+    return xr.DataArray(mat_a, dims=dims, coords=coords), xr.DataArray(mat_b, dims=dims, coords=coords)
 
 
 def latent(tr: xr.Dataset, dx, du=0.0) -> xr.DataArray:

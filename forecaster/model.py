@@ -9,7 +9,8 @@ forecast stage (per draw):
   reference), see :func:`additive_trend`;
 * ``a_family`` (family): family offsets (absent with one family);
 * ``family_task_b``, ``family_task_a`` (pair): each (task, family) pair's slope and intercept around the task's
-  (``family_task_effects``; mean zero over a task's families; the intercept only without model deviations);
+  (``family_task_effects``; mean zero over a task's families; the intercept only without model deviations;
+  the slope pivots on the mean of the pair's computes, :func:`family_task_pivots`);
 * ``da``, ``db`` (task, setting): setting effects (reference setting = 0; absent with one setting);
 * ``sigma_item`` (task): spread of log CE across items at one model (where the task's typical item is at its
   median observed log CE, ``cells.spread_ref``);
@@ -400,6 +401,14 @@ def family_task_pairs(cells: CellData) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return inv.reshape(-1).astype(int), (uniq // n_fam).astype(int), (uniq % n_fam).astype(int)
 
 
+def family_task_pivots(cells: CellData) -> np.ndarray:
+    """Each (task, family) pair's pivot: the mean of the distinct log10 computes it is seen at."""
+    pair, _, _ = family_task_pairs(cells)
+    seen = np.unique(np.column_stack([pair, np.asarray(cells.cell_x, float)]), axis=0)
+    n = np.bincount(seen[:, 0].astype(int))
+    return np.bincount(seen[:, 0].astype(int), weights=seen[:, 1]) / n
+
+
 def _centered_within(z, groups: np.ndarray, n_groups: int):
     """``z`` less the mean of its group (vectorized: one scatter-add, whatever the number of groups)."""
     counts = np.maximum(np.bincount(groups, minlength=n_groups), 1).astype(float)
@@ -771,6 +780,7 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
             # each (task, family) pair seen in the data: its own slope (and intercept) around the task's line
             _, pair_task, pair_fam = family_task_pairs(cells)
             pair_key = pair_task * n_fam + pair_fam  # sorted (family_task_pairs takes np.unique)
+            pair_pivot = family_task_pivots(cells)
             model.add_coord("pair", list(range(len(pair_key))))  # (task, family): forecast.family_task_offsets
             # zero mean over each task's families (the task's own slope is their average; otherwise the two trade
             # places along a ridge), and the intercepts also over each family's tasks (the family offset's)
@@ -784,10 +794,13 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
                                         dims="pair")
 
         def family_task_at(ti: np.ndarray, fi: np.ndarray, tag: str):
-            """The pairs' intercept and slope offsets; a pair without data draws fresh ones from their prior."""
+            """The pairs' intercept and slope offsets and the log compute each slope pivots on (the mean of the
+            pair's computes: a pair seen at one compute leaves its slope to the prior, not to a ridge with its
+            intercept and cells); a pair without data draws fresh ones from their prior and pivots on c0."""
             key = ti * n_fam + fi
             pos = np.clip(np.searchsorted(pair_key, key), 0, len(pair_key) - 1)
             unseen = pair_key[pos] != key
+            pivot = np.where(unseen, cells.c0, pair_pivot[pos])
             vec_a, vec_b = ft_a, ft_b
             if unseen.any():
                 uniq, inv = np.unique(ti[unseen] * n_fam + fi[unseen], return_inverse=True)
@@ -797,7 +810,7 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
                 if ft_a is not None:
                     vec_a = pt.concatenate([ft_a, sigma_fta * pm.Normal(f"family_task_a_z{tag}", 0.0, 1.0,
                                                                         shape=len(uniq))])
-            return (0.0 if vec_a is None else vec_a[pos]), vec_b[pos]
+            return (0.0 if vec_a is None else vec_a[pos]), vec_b[pos], pivot
 
         def trend_at(ti: np.ndarray, fi: np.ndarray, si: np.ndarray, x: np.ndarray, u: np.ndarray, tag: str = "",
                      values: bool = False):
@@ -822,10 +835,10 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
                 dn, dd = _data(f"params_rel{tag}", dn), _data(f"tokens_rel{tag}", dd)
                 mu = additive_trend(intercept, share[ti], b_params[ti] + slope, b_tokens[ti] + slope, dn, dd, xp=pt)
             else:
-                if ft_b is not None:
-                    off_a, off_b = family_task_at(np.asarray(ti, int), np.asarray(fi, int), tag)
-                    intercept, slope = intercept + off_a, slope + off_b
                 mu = intercept + slope * _data(f"x_rel{tag}", x - cells.c0)
+                if ft_b is not None:
+                    off_a, off_b, pivot = family_task_at(np.asarray(ti, int), np.asarray(fi, int), tag)
+                    mu = mu + off_a + off_b * _data(f"x_pair{tag}", x - pivot)
             if alloc_ is not None:
                 # at fixed compute, the split between parameters and tokens moves log CE too (see use_allocation)
                 mu = mu + alloc_[ti] * _data(f"u_rel{tag}", u - cells.u0)

@@ -13,7 +13,7 @@ import forecaster as fc
 from forecaster.data import summarize, validate
 from forecaster.errors import QueryError
 from forecaster.forecast import latent, trend
-from forecaster.model import NewCells, build_model, family_task_pairs
+from forecaster.model import NewCells, build_model, family_task_pairs, family_task_pivots
 from forecaster.spec import load_spec
 
 
@@ -123,6 +123,7 @@ def test_new_models_get_the_trends_own_values_under_the_deviation_split(demo_tab
     names = ["a", "b", "alloc", "a_family", "da", "db", "family_task_b", "mu_trend_new"]
     assert sr.family_task_slopes and not sr.family_task_intercepts  # model deviations hold the pair intercepts
     pair = family_task_pairs(cells)[0]
+    pivot = family_task_pivots(cells)[pair]
     outs = model.replace_rvs_by_values([model[n] for n in names])  # the values at the point, not fresh draws
     fn = model.compile_fn(outs, inputs=model.value_vars, on_unused_input="ignore")
     from pymc.initial_point import make_initial_point_fn
@@ -134,7 +135,8 @@ def test_new_models_get_the_trends_own_values_under_the_deviation_split(demo_tab
         point = {k: v + rng.normal(0.0, 0.3, np.shape(v)) for k, v in start.items()}
         a, b, alloc, fam, da, db, ftb, mu_new = fn(point)
         a_eff = point["a_eff"]
-        want = (a[t] + fam[f] + da[t, s] + (b[t] + db[t, s] + ftb[pair]) * (cells.cell_x - cells.c0)
+        want = (a[t] + fam[f] + da[t, s] + (b[t] + db[t, s]) * (cells.cell_x - cells.c0)
+                + ftb[pair] * (cells.cell_x - pivot)
                 + alloc[t] * (cells.cell_u - cells.u0))
         np.testing.assert_allclose(mu_new, want, rtol=1e-10, atol=1e-10)
         assert not np.allclose(a, a_eff)  # the split moved the sampled intercept: the test can tell the two apart
