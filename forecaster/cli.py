@@ -505,7 +505,8 @@ def demo(
             data.to_csv(tmp, index=False)
         typer.echo(f"demo data: {len(data)} rows, tasks {', '.join(sorted(data.task.unique()))} -> "
                    f"{output / 'demo-data.csv'}", err=True)
-        result = run_fit(data, seed=seed, progressbar=sys.stderr.isatty(), status=_notice)
+        # 2000 draws a chain: at 1000 the demo's sigma_cell sits at R-hat ~1.01, so its verdict hung on the seed
+        result = run_fit(data, seed=seed, draws=2000, progressbar=sys.stderr.isatty(), status=_notice)
         save_fit(result, output / "demo-fit.nc")
         _print_diagnostics(result)
         fc = run_forecast(result, metric="exact_match", threshold=0.5, families=[result.cells.families[0]],

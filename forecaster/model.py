@@ -393,6 +393,10 @@ def use_allocation(cells: CellData, spec: ModelSpec) -> bool:
     return bool(resid.std() >= ALLOCATION_MIN_SD)
 
 
+#: Families with a task seen at two or more computes that ``family_task_effects = "auto"`` needs.
+FAMILY_TASK_MIN_FAMILIES = 3
+
+
 def family_task_pairs(cells: CellData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each cell's (task, family) pair index, and each pair's task and family index."""
     n_fam = len(cells.families)
@@ -419,8 +423,9 @@ def _centered_within(z, groups: np.ndarray, n_groups: int):
 def use_family_task(cells: CellData, spec: ModelSpec) -> bool:
     """Whether each (task, family) pair gets its own slope (and intercept) around the task's.
 
-    ``auto``: on when two or more families each have a task seen at two or more compute levels, so that a
-    family's own slope can be told from the data; with one family the task's line is the family's.
+    ``auto``: on when :data:`FAMILY_TASK_MIN_FAMILIES` or more families each have a task seen at two or more
+    compute levels, so that a family's own slope, and their spread, can be told from the data; with one
+    family the task's line is the family's, and with two each task gives one contrast of their slopes.
     """
     choice = spec.structure.get("family_task_effects", False)
     if choice is False or len(cells.families) < 2:
@@ -430,7 +435,7 @@ def use_family_task(cells: CellData, spec: ModelSpec) -> bool:
     pair, _, pair_fam = family_task_pairs(cells)
     seen = np.unique(np.column_stack([pair, np.round(np.asarray(cells.cell_x, float), 6)]), axis=0)
     levels = np.bincount(seen[:, 0].astype(int), minlength=len(pair_fam))  # distinct computes per pair
-    return len(np.unique(pair_fam[levels >= 2])) >= 2
+    return len(np.unique(pair_fam[levels >= 2])) >= FAMILY_TASK_MIN_FAMILIES
 
 
 def spread_identified(cells: CellData) -> np.ndarray:

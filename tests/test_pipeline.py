@@ -135,8 +135,10 @@ def test_demo_command(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     table = pd.read_csv(tmp_path / "demo-forecast.csv")
     assert {"log10_compute_q50", "prob_reached_by_budget"} <= set(table.columns)
-    # every fit reports its convergence (the demo's sigma_cell sits at R-hat ~1.01: see the open note)
+    # every fit reports its convergence, and a newcomer's first screen does not say its own posterior is not
+    # to be trusted
     assert "convergence: max R-hat" in res.stderr and "divergences" in res.stderr, res.stderr
+    assert "cannot be trusted" not in res.stderr, res.stderr
 
 
 def test_fit_without_floor_still_forecasts(tiny_fit):

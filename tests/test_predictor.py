@@ -111,7 +111,7 @@ def test_new_models_get_the_trends_own_values_under_the_deviation_split(demo_tab
     is on the trend's own values (the Deterministics ``a``, ``b``, ``alloc`` a forecast reads), not the moved."""
     table = _with_params_tokens(demo_table)
     spec = dataclasses.replace(load_spec(), structure={**load_spec().structure, "cell_deviation": False,
-                                                       "allocation_effect": True})
+                                                       "allocation_effect": True, "family_task_effects": True})
     cells = summarize(table)
     from forecaster.structure import resolve_structure
 

@@ -154,11 +154,14 @@ def test_tokens_per_param_moves_the_crossing_in_closed_form():
     np.testing.assert_allclose(f20[ok] - f200[ok], expect[ok], atol=1e-6)
 
 
-def _two_families(sizes_g: tuple[float, ...], slope_g: float = -0.6) -> pd.DataFrame:
-    """Families f (three sizes, slope -0.3 per decade of params) and g (``sizes_g``, slope ``slope_g``) on task t,
-    final models only (one token count per model), aggregate CE with counts; each cell off its line by ~0.05."""
+def _families(sizes_g: tuple[float, ...], slope_g: float = -0.6, with_h: bool = True) -> pd.DataFrame:
+    """Families f and h (three sizes each, slope -0.3 per decade of params) and g (``sizes_g``, slope
+    ``slope_g``) on task t, final models only (one token count per model), aggregate CE with counts; each cell
+    off its line by ~0.05. ``with_h=False``: f and g only."""
     rows, rng = [], np.random.default_rng(4)
-    for fam, sizes, slope in (("f", (1e8, 4e8, 1.6e9), -0.3), ("g", sizes_g, slope_g)):
+    fams = [("f", (1e8, 4e8, 1.6e9), -0.3), ("g", sizes_g, slope_g)] + ([("h", (1.5e8, 6e8, 2e9), -0.3)]
+                                                                       if with_h else [])
+    for fam, sizes, slope in fams:
         for params in sizes:
             mu = 0.3 + slope * (np.log10(params) - 8.6) + rng.normal(0.0, 0.05)
             ce = float(np.exp(mu + 0.5))
@@ -168,13 +171,14 @@ def _two_families(sizes_g: tuple[float, ...], slope_g: float = -0.6) -> pd.DataF
 
 
 def test_family_task_effects_switch_on_where_a_familys_own_slope_can_be_told():
-    """auto: on when two or more families each see a task at two or more computes; off with one family or
-    with a single model in the second; with one task or with model deviations (checkpoints) only the slope."""
+    """auto: on when three or more families each see a task at two or more computes; off with one family, with
+    two, or with a single model in the third; with one task or with model deviations (checkpoints) only the
+    slope."""
     from forecaster.model import use_family_task
     from forecaster.structure import resolve_structure
 
     spec = load_spec()
-    one_task = _two_families((1e8, 1e9))
+    one_task = _families((1e8, 1e9))
     both = summarize(validate(pd.concat([one_task, one_task.assign(task="u")], ignore_index=True)))
     assert use_family_task(both, spec)
     sr = resolve_structure(both, spec)
@@ -182,12 +186,14 @@ def test_family_task_effects_switch_on_where_a_familys_own_slope_can_be_told():
     assert {"family_task_a", "family_task_b"} <= set(build_model(both, spec, sr).named_vars)
     sr = resolve_structure(summarize(validate(one_task)), spec)
     assert sr.family_task_slopes and not sr.family_task_intercepts
-    one_model = summarize(validate(_two_families((1e9,))))
-    assert not use_family_task(one_model, spec)
+    assert not use_family_task(summarize(validate(_families((1e9,)))), spec)  # g: one model
+    assert not use_family_task(summarize(validate(_families((1e8, 1e9), with_h=False))), spec)  # two families
     assert not use_family_task(summarize(validate(_checkpoint_table())), spec)  # one family
-    ckpt = pd.concat([_checkpoint_table(0), _checkpoint_table(1).assign(family="g")], ignore_index=True)
-    ckpt["model"] = np.where(ckpt["family"] == "g", "g" + ckpt["model"], ckpt["model"])
-    sr = resolve_structure(summarize(validate(ckpt)), spec)
+    runs = []
+    for i, fam in enumerate("fgh"):
+        t = _checkpoint_table(i).assign(family=fam)
+        runs.append(t.assign(model=fam + t["model"]))
+    sr = resolve_structure(summarize(validate(pd.concat(runs, ignore_index=True))), spec)
     assert sr.model_deviation and sr.family_task_slopes and not sr.family_task_intercepts
 
 
@@ -199,7 +205,7 @@ def test_a_familys_own_slope_is_forecast():
     from forecaster.fit import fit
     from forecaster.forecast import latent
 
-    table = _two_families((1e8, 3e8, 1e9), slope_g=-0.6)
+    table = _families((1e8, 3e8, 1e9), slope_g=-0.6)
     spec = load_spec()
     res = fit(table, model=spec, seed=2, draws=300, tune=400, chains=2, remedies=False, log_likelihood=False)
     assert res.structure.family_task_slopes
