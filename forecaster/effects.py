@@ -36,7 +36,7 @@ import xarray as xr
 
 from .errors import QueryError
 from .fit import FitResult
-from .forecast import _py, _select, _task_k, quantile_name, spread_at, trend
+from .forecast import _py, _select, _task_k, quantile_name, spread_at, trend, warped, warped_slope
 from .metrics import METRICS, metric_value
 
 __all__ = ["SettingEffects", "setting_effects", "POOLED", "EFFECT_QUANTITIES"]
@@ -209,9 +209,11 @@ def setting_effects(
     set_i, set_s = intercept.sel(setting=chosen), slope.sel(setting=chosen)
     da = set_i - ref_i
     db = set_s - ref_s
-    dlogce = da + db * (x - c0)
-    mu_ref = ref_i + ref_s * (x - c0)
-    mu_set = set_i + set_s * (x - c0)
+    tau = warped(tr, x - c0)  # log compute as the task's (bent) line sees it
+    dlogce = da + db * tau
+    mu_ref = ref_i + ref_s * tau
+    mu_set = set_i + set_s * tau
+    ref_s = ref_s * warped_slope(tr, x - c0)  # the local slope, for the decades a setting's shift is worth
 
     sig_ref, sig_set = _spread(tr, mu_ref), _spread(tr, mu_set)
     m_ref = np.stack([

@@ -13,11 +13,12 @@ from .errors import QueryError
 from .fit import FitResult
 from .model import accuracy_shows_no_rise, family_task_pairs, family_task_pivots
 from .metrics import (
-    METRICS, check_threshold, crossing_log10_compute, crossing_log10_compute_two, item_spread, metric_value,
+    METRICS, bend_basis, check_threshold, crossing_log10_compute, crossing_log10_compute_two, item_spread,
+    metric_value, warp, warp_inverse, warp_slope,
     threshold_log_ce, threshold_log_ce_varying,
 )
 
-__all__ = ["Forecast", "forecast", "trend", "family_task_offsets", "latent", "spread_at", "metric_curve", "quantile_name", "DEFAULT_QUANTILES",
+__all__ = ["Forecast", "forecast", "trend", "family_task_offsets", "latent", "warped", "warped_slope", "spread_at", "metric_curve", "quantile_name", "DEFAULT_QUANTILES",
            "MAX_LOG10_COMPUTE"]
 
 DEFAULT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -182,11 +183,14 @@ def trend(fit: FitResult, tasks=None, families=None, settings=None, tokens_per_p
     ref = xr.DataArray([float(cells.spread_ref[cells.tasks.index(t)]) for t in tasks], coords={"task": tasks},
                        dims="task")
     guess = post["guess_rate"].sel(task=tasks) if "guess_rate" in post else xr.zeros_like(sigma_item)
+    if "bend_c" in post:  # each task's warp of log compute (bend in forecaster.model)
+        second["bend_c"] = post["bend_c"].sel(task=tasks).transpose("chain", "draw", "task", "bend_knot")
     return xr.Dataset({"intercept": intercept, "slope": slope, "slope_family": ft_b.transpose("chain", "draw", "task", "family"),
                        "sigma_item": sigma_item, "sigma_cell": sigma_cell,
                        "spread_slope": spread_slope, "spread_ref": xr.zeros_like(sigma_item) + ref, "alloc": alloc,
                        "guess_rate": guess, **second},
-                      attrs={"c0": cells.c0, "u0": u0, "u_path": u_path})
+                      attrs={"c0": cells.c0, "u0": u0, "u_path": u_path,
+                             "bend_spacing": float(fit.structure.bend_spacing) if "bend_c" in post else np.nan})
 
 
 def family_task_offsets(fit: FitResult, tasks: list[str], families: list[str]) -> tuple[xr.DataArray, xr.DataArray]:
@@ -202,7 +206,11 @@ def family_task_offsets(fit: FitResult, tasks: list[str], families: list[str]) -
         seen = {(fit.cells.tasks[a], fit.cells.families[b]): i for i, (a, b) in enumerate(zip(pair_task, pair_fam))}
         vb = post["family_task_b"].transpose("chain", "draw", "pair").values
         va = post["family_task_a"].transpose("chain", "draw", "pair").values if "family_task_a" in post else None
-        va_c0 = (0.0 if va is None else va) - vb * (family_task_pivots(fit.cells) - fit.cells.c0)
+        dpiv = family_task_pivots(fit.cells) - fit.cells.c0
+        if "bend_c" in post:  # the pair's slope pivots on its mean compute, warped by its task's bend
+            bc = post["bend_c"].transpose("chain", "draw", "task", "bend_knot").values[:, :, pair_task, :]
+            dpiv = warp(dpiv, bc, fit.structure.bend_spacing)
+        va_c0 = (0.0 if va is None else va) - vb * dpiv
         sb = post["sigma_family_task_b"].values
         sa = post["sigma_family_task_a"].values if va is not None else None
         rng_a, rng_b = np.random.default_rng(0), np.random.default_rng(1)
@@ -223,12 +231,37 @@ def family_task_offsets(fit: FitResult, tasks: list[str], families: list[str]) -
 def latent(tr: xr.Dataset, dx, du=0.0) -> xr.DataArray:
     """Per-draw log CE of the typical item on the trend ``tr`` at ``dx = log10 C - c0`` and ``du = log10(params
     / tokens) - u_path`` (off the trend's tokens-per-param path): ``intercept + (slope + slope_family) * dx +
-    alloc * du``, and with an additive trend the log of the sum of that term and the second (``intercept2``, ...)."""
+    alloc * du``, ``dx`` warped by the task's bend (:func:`warped`), and with an additive trend the log of the sum of that term and the second (``intercept2``, ...)."""
     slope = tr["slope"] + tr["slope_family"] if "slope_family" in tr else tr["slope"]
-    lc = tr["intercept"] + slope * dx + tr["alloc"] * du
+    lc = tr["intercept"] + slope * warped(tr, dx) + tr["alloc"] * du
     if "slope2" in tr:
         lc = np.logaddexp(lc, tr["intercept2"] + tr["slope2"] * dx + tr["alloc2"] * du)
     return lc
+
+
+def _hinges(tr: xr.Dataset, dx) -> xr.DataArray:
+    dx = dx if isinstance(dx, xr.DataArray) else xr.DataArray(dx)
+    n_side = tr.sizes["bend_knot"] // 2
+    return xr.DataArray(bend_basis(dx.values, tr.attrs["bend_spacing"], n_side), dims=(*dx.dims, "bend_knot"),
+                        coords={**{d: dx[d] for d in dx.dims if d in dx.coords}, "bend_knot": tr["bend_knot"].values})
+
+
+def warped(tr: xr.Dataset, dx):
+    """Per draw, log compute from ``c0`` as each task's line sees it: ``dx`` warped by the task's bend (``dx``
+    itself for a trend without one)."""
+    if "bend_c" not in tr:
+        return dx
+    return dx + (tr["bend_c"] * _hinges(tr, dx)).sum("bend_knot")
+
+
+def warped_slope(tr: xr.Dataset, dx):
+    """Per draw, the warp's slope at ``dx`` (1 for a trend without a bend): the line's local slope per decade
+    is its slope times this."""
+    if "bend_c" not in tr:
+        return 1.0
+    dx = dx if isinstance(dx, xr.DataArray) else xr.DataArray(dx)
+    return xr.apply_ufunc(warp_slope, dx, tr["bend_c"], tr.attrs["bend_spacing"],
+                          input_core_dims=[[], ["bend_knot"], []])
 
 
 def spread_at(tr: xr.Dataset, log_ce: xr.DataArray) -> xr.DataArray:
@@ -334,6 +367,9 @@ def forecast(
                 tr["slope"].sel(task=t).values[..., None, :] + tr["slope_family"].sel(task=t).values[..., :, None],
                 mu_star[..., None, None], c0,
             )
+            if "bend_c" in tr:  # the line crosses at warped log compute x - c0: unwarp it (the warp increases)
+                x = c0 + warp_inverse(x - c0, tr["bend_c"].sel(task=t).values[:, :, None, None, :],
+                                      tr.attrs["bend_spacing"])
         cross.append(x)
     log10_c = xr.DataArray(
         np.stack(cross, axis=2), dims=("chain", "draw", "task", "family", "setting"),

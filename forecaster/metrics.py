@@ -38,7 +38,8 @@ from .quadrature import item_spread, normal_nodes
 
 __all__ = [
     "METRICS", "item_spread", "metric_value", "threshold_log_ce", "threshold_log_ce_varying", "crossing_log10_compute",
-    "crossing_log10_compute_two",
+    "crossing_log10_compute_two", "bend_knots", "bend_basis", "warp_weights", "warp",
+    "warp_slope", "warp_inverse",
     "metric_da", "check_threshold", "observed_floor",
 ]
 
@@ -189,6 +190,73 @@ def crossing_log10_compute(intercept, slope, mu_star, c0: float) -> np.ndarray:
     # already past the threshold with a non-falling trend: reached at any compute
     out[~falling & (intercept <= mu_star)] = -np.inf
     return out
+
+
+def bend_knots(spacing: float, n_side: int) -> np.ndarray:
+    """Knots of a trend's bend (a warp of log compute), in decades of compute from ``c0``: ``n_side`` below it (nearest first), then
+    ``n_side`` above."""
+    k = spacing * np.arange(1, n_side + 1)
+    return np.concatenate([-k, k])
+
+
+def bend_basis(dx, spacing: float, n_side: int) -> np.ndarray:
+    """Hinges of the bend at ``dx = log10 C - c0`` (a new last axis: the knots of :func:`bend_knots`):
+    ``max(0, |dx| - |knot|)`` on the knot's side of ``c0``, so the warp is the identity near ``c0``."""
+    dx = np.asarray(dx, float)[..., None]
+    k = spacing * np.arange(1, n_side + 1)
+    return np.concatenate([np.maximum(0.0, -dx - k), np.maximum(0.0, dx - k)], axis=-1)
+
+
+def warp_weights(v, n_side: int, xp=np):
+    """Hinge weights of a compute warp from its log-slope increments ``v`` (last axis: the knots of
+    :func:`bend_knots`): past the ``j``-th knot on a side the warp's slope is ``exp(v_1 + ... + v_j)`` (1 between
+    the nearest knots), so the warp is increasing everywhere."""
+    lo = xp.exp(xp.cumsum(v[..., :n_side], axis=-1))
+    hi = xp.exp(xp.cumsum(v[..., n_side:], axis=-1))
+    one = xp.ones_like(lo[..., :1])
+    # above c0 each hinge adds the change of slope at its knot; below c0 a hinge rises leftwards, so it subtracts
+    return xp.concatenate([xp.concatenate([one, lo[..., :-1]], axis=-1) - lo,
+                           hi - xp.concatenate([one, hi[..., :-1]], axis=-1)], axis=-1)
+
+
+def warp(dx, c, spacing: float):
+    """The warped log compute ``tau(dx) = dx + sum_j c_j * hinge_j(dx)`` (``c``: :func:`warp_weights`, last axis;
+    ``dx`` broadcasts against ``c``'s other axes)."""
+    n_side = np.shape(c)[-1] // 2
+    return np.asarray(dx, float) + np.sum(np.asarray(c) * bend_basis(dx, spacing, n_side), axis=-1)
+
+
+def warp_slope(dx, c, spacing: float):
+    """``d tau / d dx`` at ``dx`` (each hinge's derivative: +1 past a knot above c0, -1 past one below)."""
+    n_side = np.shape(c)[-1] // 2
+    k = spacing * np.arange(1, n_side + 1)
+    d = np.asarray(dx, float)[..., None]
+    return 1.0 + np.sum(np.asarray(c) * np.concatenate([-(d < -k).astype(float), (d > k).astype(float)], axis=-1),
+                        axis=-1)
+
+
+def warp_inverse(tau, c, spacing: float):
+    """``dx`` with ``warp(dx) = tau`` (the warp is increasing and piecewise linear: exact; +-inf stay)."""
+    c = np.asarray(c, float)
+    n_side = c.shape[-1] // 2
+    tau = np.asarray(tau, float)
+    c = np.broadcast_to(c, tau.shape + c.shape[-1:])
+    bp = np.sort(bend_knots(spacing, n_side))
+    t_bp = bp + np.einsum("...k,bk->...b", c, bend_basis(bp, spacing, n_side))
+    s_left = 1.0 - c[..., :n_side].sum(-1)
+    s_right = 1.0 + c[..., n_side:].sum(-1)
+    finite = np.isfinite(tau)
+    tf = np.where(finite, tau, 0.0)
+    idx = (t_bp < tf[..., None]).sum(-1)
+    j0 = np.clip(idx - 1, 0, len(bp) - 1)
+    j1 = np.clip(idx, 0, len(bp) - 1)
+    t0 = np.take_along_axis(t_bp, j0[..., None], -1)[..., 0]
+    t1 = np.take_along_axis(t_bp, j1[..., None], -1)[..., 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inside = bp[j0] + (tf - t0) / np.where(t1 > t0, t1 - t0, 1.0) * (bp[j1] - bp[j0])
+        out = np.where(idx == 0, bp[0] + (tf - t_bp[..., 0]) / s_left,
+                       np.where(idx == len(bp), bp[-1] + (tf - t_bp[..., -1]) / s_right, inside))
+    return np.where(finite, out, tau)
 
 
 def crossing_log10_compute_two(i1, s1, i2, s2, mu_star, c0: float, x_max: float, lo: float = -60.0,

@@ -35,6 +35,7 @@ import pytensor.tensor as pt
 
 from .data import CellData
 from .expectation import expected_exact_match
+from .metrics import bend_basis, bend_knots, warp_weights
 from .quadrature import item_spread
 from .errors import SpecError
 from .spec import ModelSpec
@@ -798,6 +799,27 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
                 ft_a = pm.Deterministic("family_task_a", sigma_fta * _centered_within(z_a, pair_fam, n_fam),
                                         dims="pair")
 
+        bend_c = None
+        if sr.bend:
+            # each task's log compute warped: its slope's log does a random walk over knots every bend_spacing
+            # decades from c0, so the line bends (never turning back) and a forecast's spread grows with distance
+            model.add_coord("bend_knot", bend_knots(sr.bend_spacing, sr.bend_knots))
+            sigma_bend = spec.prior("sigma_bend")
+            z_bend = pm.Normal("bend_z", 0.0, 1.0, dims=("task", "bend_knot"))
+            # increments with mean -var/2: the slope's multiplier exp(v_1 + ... + v_j) has expectation 1, so the
+            # bend spreads a forecast without moving its expected latent
+            var = sigma_bend**2 * sr.bend_spacing
+            bend_c = pm.Deterministic("bend_c", warp_weights(pt.sqrt(var) * z_bend - var / 2.0, sr.bend_knots, xp=pt),
+                                      dims=("task", "bend_knot"))
+
+        def warped(ti: np.ndarray, dx: np.ndarray, name: str):
+            """Log compute from c0 as the trend sees it: ``dx`` itself, or warped by the task's bend."""
+            out = _data(name, dx)
+            if bend_c is None:
+                return out
+            hinge = _data(f"{name}_hinge", bend_basis(dx, sr.bend_spacing, sr.bend_knots))
+            return out + (bend_c[ti] * hinge).sum(axis=1)
+
         def family_task_at(ti: np.ndarray, fi: np.ndarray, tag: str):
             """The pairs' intercept and slope offsets and the log compute each slope pivots on (the mean of the
             pair's computes: a pair seen at one compute leaves its slope to the prior, not to a ridge with its
@@ -840,10 +862,14 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
                 dn, dd = _data(f"params_rel{tag}", dn), _data(f"tokens_rel{tag}", dd)
                 mu = additive_trend(intercept, share[ti], b_params[ti] + slope, b_tokens[ti] + slope, dn, dd, xp=pt)
             else:
-                mu = intercept + slope * _data(f"x_rel{tag}", x - cells.c0)
+                tau = warped(ti, np.asarray(x, float) - cells.c0, f"x_rel{tag}")
+                mu = intercept + slope * tau
                 if ft_b is not None:
                     off_a, off_b, pivot = family_task_at(np.asarray(ti, int), np.asarray(fi, int), tag)
-                    mu = mu + off_a + off_b * _data(f"x_pair{tag}", x - pivot)
+                    if bend_c is None:
+                        mu = mu + off_a + off_b * _data(f"x_pair{tag}", x - pivot)
+                    else:  # the pair's slope pivots on its mean compute, warped like the rest of the line
+                        mu = mu + off_a + off_b * (tau - warped(ti, pivot - cells.c0, f"x_pivot{tag}"))
             if alloc_ is not None:
                 # at fixed compute, the split between parameters and tokens moves log CE too (see use_allocation)
                 mu = mu + alloc_[ti] * _data(f"u_rel{tag}", u - cells.u0)

@@ -29,12 +29,12 @@ REQUIRED_PRIORS = (
 #: Priors needed only when a structure switch asks for them (switch -> prior).
 OPTIONAL_PRIORS = {"spread_varies": ("spread_slope",), "allocation_effect": ("mu_alloc", "sigma_alloc"),
                    "model_deviation": ("sigma_model",), "em_floor": ("guess_rate",),
-                   "family_task_effects": ("sigma_family_task_a", "sigma_family_task_b")}
+                   "family_task_effects": ("sigma_family_task_a", "sigma_family_task_b"), "bend": ("sigma_bend",)}
 #: Priors of the additive trend (``trend = "additive"``).
 ADDITIVE_PRIORS = ("trend_share", "mu_b_params", "sigma_b_params", "mu_b_tokens", "sigma_b_tokens")
 # Priors that are spreads or rates: a fixed value must be positive.
 _POSITIVE = {n for n in (*REQUIRED_PRIORS, *ADDITIVE_PRIORS) if n.startswith("sigma")} | {
-    "em_concentration", "sigma_family_task_a", "sigma_family_task_b"}
+    "em_concentration", "sigma_family_task_a", "sigma_family_task_b", "sigma_bend"}
 #: The one set of structure defaults: the shipped ``models/default.toml`` (read below, after :func:`spec_dir`).
 STRUCTURE_DEFAULTS: dict[str, Any] = {}
 _CHOICES = {
@@ -132,6 +132,11 @@ def _parse(text: str, where: str) -> ModelSpec:
         if key in _CHOICES and (val not in _CHOICES[key] or (isinstance(val, int) and not isinstance(val, bool))):
             raise SpecError(f"{where}: [structure] {key} = {val!r}; choose one of {sorted(_CHOICES[key], key=str)}")
         default = STRUCTURE_DEFAULTS[key]
+        if key == "bend_spacing":
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0 < val <= 5:
+                raise SpecError(f"{where}: [structure] bend_spacing = {val!r}; give decades of compute in (0, 5], e.g. 0.5")
+            structure[key] = float(val)
+            continue
         if key in ("auto_slope_se_ratio", "auto_cell_se_ratio"):
             if val is not False and (isinstance(val, bool) or not isinstance(val, (int, float)) or not val > 0):
                 raise SpecError(f"{where}: [structure] {key} = {val!r}; give a number > 0 (e.g. 0.5), or false")

@@ -54,6 +54,9 @@ class Structure:
     # ---- model choices added later (default off: fits saved before them had none)
     family_task_slopes: bool = False
     family_task_intercepts: bool = False
+    bend: bool = False
+    bend_spacing: float = 0.5
+    bend_knots: int = 0
 
     def model_choices(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in REPARAMETRIZATIONS}
@@ -86,6 +89,8 @@ class Structure:
                                          ("model deviations", self.model_deviation),
                                          ("family-by-task intercepts", self.family_task_intercepts),
                                          ("family-by-task slopes", self.family_task_slopes)) if on]
+        if self.bend:
+            terms.append(f"bend (knots every {self.bend_spacing:g} decades, {self.bend_knots} a side)")
         lines = ["model: " + ", ".join(terms)]
         lines.append(f"item spread grows as the task is learned: {some(self.spread_free) if self.spread_varies else 'off'}")
         lines.append(f"exact-match floor (guess rate): {some(self.floor)}")
@@ -147,6 +152,9 @@ def resolve_structure(cells: CellData, spec: ModelSpec) -> Structure:
         family_task_slopes=ft_slopes,
         # the pair intercepts are the family offsets with one task, and the model deviations' share with checkpoints
         family_task_intercepts=ft_slopes and dev_idx is None and n_task >= 2,
+        bend=bool(st["bend"]) and not additive,
+        bend_spacing=float(st["bend_spacing"]),
+        bend_knots=int(st["bend_knots"]) if st["bend"] and not additive else 0,
     )
 
 

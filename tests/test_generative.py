@@ -119,6 +119,42 @@ def test_summary_prints_the_resolved_structure(tiny_fit_file):
     res = CliRunner().invoke(app, ["summary", str(tiny_fit_file)])
     assert res.exit_code == 0, res.output
     assert "exact-match floor (guess rate): logic-acc" in res.output and "sampled with:" in res.output
+    assert "bend (knots every 0.5 decades, 12 a side)" in res.output
+
+
+def test_the_bend_is_on_for_the_loglinear_trend_only(demo_table):
+    cells, spec = summarize(demo_table), load_spec()
+    sr = resolve_structure(cells, spec)
+    assert sr.bend and sr.bend_knots == 12 and sr.bend_spacing == 0.5
+    off = resolve_structure(cells, dataclasses.replace(spec, structure={**spec.structure, "bend": False}))
+    assert not off.bend and off.bend_knots == 0
+    assert "bend_c" not in build_model(cells, dataclasses.replace(spec, structure={**spec.structure, "bend": False}),
+                                       off).named_vars
+    additive = load_spec("additive")
+    assert additive.structure["bend"] and not resolve_structure(cells, additive).bend
+    # a fit saved before the bend existed reads as a straight line
+    old = {k: v for k, v in dataclasses.asdict(sr).items() if not k.startswith("bend")}
+    assert not Structure(**old).bend
+
+
+def test_the_bend_spreads_a_forecast_without_moving_its_expected_latent(demo_table):
+    """Under the model's own prior the warped log compute has expectation dx at every distance (the slope's
+    multiplier is a martingale), and its spread grows faster than linearly with the distance."""
+    import pymc as pm
+
+    from forecaster.metrics import warp
+
+    cells, spec = summarize(demo_table), load_spec()
+    sr = resolve_structure(cells, spec)
+    model = build_model(cells, spec, sr.generative())
+    c = pm.draw(model["bend_c"], draws=20000, random_seed=1)[:, 0, :]  # (draw, knot) of one task
+    dx = np.array([-3.0, 0.4, 1.0, 3.0, 6.0, 9.0])
+    tau = warp(dx[None, :], c[:, None, :], sr.bend_spacing)
+    se = tau.std(0) / np.sqrt(len(tau))
+    assert np.all(np.abs(tau.mean(0) - dx) < 4 * se + 1e-9), (tau.mean(0), dx)
+    sd = tau.std(0)
+    assert sd[1] < 1e-9 and 0.0 < sd[2] < sd[3] < sd[4] < sd[5]  # the identity near c0
+    assert sd[5] / sd[3] > (9.0 - 0.5) / (3.0 - 0.5)  # faster than linear in the distance past the first knot
 
 
 def _counts_table(rising: bool, with_ce: bool = False):

@@ -145,3 +145,40 @@ def test_spline_metric_matches_many_node_quadrature(metric):
     np.testing.assert_allclose(fast, slow, atol=1e-6)
     exact0 = np.exp(-(4 if metric == "exact_match" else 1) * np.exp(mu[:, 0]))
     np.testing.assert_allclose(fast[:, 0], 4 * (1 - exact0) if metric == "edit_distance" else exact0, rtol=1e-9)
+
+
+def test_bend_basis_is_zero_and_flat_at_c0_and_linear_past_the_last_knot():
+    from forecaster.metrics import bend_basis, bend_knots
+
+    knots = bend_knots(0.5, 3)
+    np.testing.assert_allclose(knots, [-0.5, -1.0, -1.5, 0.5, 1.0, 1.5])
+    np.testing.assert_allclose(bend_basis(np.array([-0.4, 0.0, 0.4]), 0.5, 3), 0.0)
+    h = bend_basis(np.array([2.0, -2.0]), 0.5, 3)
+    np.testing.assert_allclose(h[0], [0, 0, 0, 1.5, 1.0, 0.5])
+    np.testing.assert_allclose(h[1], [1.5, 1.0, 0.5, 0, 0, 0])
+
+
+def test_warp_increases_and_inverts_exactly():
+    """The warp of log compute from log-slope increments: identity near c0, slope exp(cumsum) past each knot,
+    increasing for any increments, and warp_inverse undoes it (also on the rays beyond the last knots)."""
+    from forecaster.metrics import warp, warp_inverse, warp_slope, warp_weights
+
+    rng = np.random.default_rng(0)
+    spacing, n_side = 0.5, 6
+    v = rng.normal(0.0, 0.8, (50, 2 * n_side))
+    c = warp_weights(v, n_side)
+    dx = np.linspace(-9.0, 9.0, 3601)
+    tau = warp(dx[None, :], c[:, None, :], spacing)
+    assert np.all(np.diff(tau, axis=1) > 0)
+    near = np.abs(dx) <= spacing
+    np.testing.assert_allclose(tau[:, near], np.broadcast_to(dx[near], tau[:, near].shape), atol=1e-12)
+    # past the j-th knot above c0 the slope is exp(v_1 + ... + v_j); below c0 likewise with the lower increments
+    np.testing.assert_allclose(warp_slope(np.full(50, 1.25), c, spacing), np.exp(v[:, n_side:n_side + 2].sum(1)))
+    np.testing.assert_allclose(warp_slope(np.full(50, -1.75), c, spacing), np.exp(v[:, :3].sum(1)))
+    np.testing.assert_allclose(np.gradient(tau, dx, axis=1)[:, 1::7][:, 5:-5],
+                               warp_slope(dx[None, 1::7], c[:, None, :], spacing)[:, 5:-5], rtol=0.02, atol=0.02)
+    back = warp_inverse(tau, c[:, None, :], spacing)
+    np.testing.assert_allclose(back, np.broadcast_to(dx, back.shape), atol=1e-9)
+    assert warp_inverse(np.array([np.inf]), c[:1], spacing)[0] == np.inf
+
+

@@ -13,6 +13,7 @@ import forecaster as fc
 from forecaster.data import summarize, validate
 from forecaster.errors import QueryError
 from forecaster.forecast import latent, trend
+from forecaster.metrics import warp
 from forecaster.model import NewCells, build_model, family_task_pairs, family_task_pivots
 from forecaster.spec import load_spec
 
@@ -68,8 +69,10 @@ def test_forecast_trend_is_the_models_trend_per_draw(tiny_fit):
     c = tiny_fit.cells
     rows = pd.DataFrame({"task": [c.tasks[0], c.tasks[-1]], "family": [c.families[-1], c.families[0]],
                          "setting": [c.settings[-1], c.settings[0]], "compute": [3e20, 2e22]})
+    rows = pd.concat([rows, rows.assign(compute=[1e17, 1e26])], ignore_index=True)  # far out: the bend's knots
     pred = fc.predict(tiny_fit, rows, seed=1)
     tr = trend(tiny_fit)
+    assert "bend_c" in tr and float(np.abs(tr["bend_c"]).max()) > 0
     for j, r in rows.iterrows():
         on = tr.sel(task=r.task, family=r.family, setting=r.setting)
         ref = latent(on, np.log10(r.compute) - c.c0).transpose("chain", "draw").values
@@ -116,11 +119,11 @@ def test_new_models_get_the_trends_own_values_under_the_deviation_split(demo_tab
     from forecaster.structure import resolve_structure
 
     sr = resolve_structure(cells, spec)
-    assert sr.deviation_split and sr.model_deviation and sr.allocation
+    assert sr.deviation_split and sr.model_deviation and sr.allocation and sr.bend
     new = NewCells(task=cells.cell_task, family=cells.cell_family, setting=cells.cell_setting, x=cells.cell_x,
                    u=cells.cell_u, k=cells.cell_k, n_items=np.zeros(cells.n_cells, int))
     model = build_model(cells, spec, sr, new=new)
-    names = ["a", "b", "alloc", "a_family", "da", "db", "family_task_b", "mu_trend_new"]
+    names = ["a", "b", "alloc", "a_family", "da", "db", "family_task_b", "bend_c", "mu_trend_new"]
     assert sr.family_task_slopes and not sr.family_task_intercepts  # model deviations hold the pair intercepts
     pair = family_task_pairs(cells)[0]
     pivot = family_task_pivots(cells)[pair]
@@ -133,11 +136,13 @@ def test_new_models_get_the_trends_own_values_under_the_deviation_split(demo_tab
     t, f, s = cells.cell_task, cells.cell_family, cells.cell_setting
     for _ in range(3):
         point = {k: v + rng.normal(0.0, 0.3, np.shape(v)) for k, v in start.items()}
-        a, b, alloc, fam, da, db, ftb, mu_new = fn(point)
+        a, b, alloc, fam, da, db, ftb, bend_c, mu_new = fn(point)
         a_eff = point["a_eff"]
-        want = (a[t] + fam[f] + da[t, s] + (b[t] + db[t, s]) * (cells.cell_x - cells.c0)
-                + ftb[pair] * (cells.cell_x - pivot)
+        tau = warp(cells.cell_x - cells.c0, bend_c[t], sr.bend_spacing)  # each task's bent log compute
+        want = (a[t] + fam[f] + da[t, s] + (b[t] + db[t, s]) * tau
+                + ftb[pair] * (tau - warp(pivot - cells.c0, bend_c[t], sr.bend_spacing))
                 + alloc[t] * (cells.cell_u - cells.u0))
+        assert np.abs(bend_c).max() > 0.01  # the bend is on at this point: the test can tell it from a line
         np.testing.assert_allclose(mu_new, want, rtol=1e-10, atol=1e-10)
         assert not np.allclose(a, a_eff)  # the split moved the sampled intercept: the test can tell the two apart
 
@@ -180,3 +185,22 @@ def test_predict_reads_the_model_column_for_checkpoints(tiny_fit):
     cells, _ = _new_cells(tiny_fit, rows)
     assert cells.base.tolist() == [1, -1]
     assert (_new_cells(tiny_fit, rows.drop(columns="model"))[0].base == -1).all()
+
+
+def test_the_crossing_is_where_the_trends_metric_reaches_the_threshold(tiny_fit):
+    """Per draw, the metric of the (bent) trend at the forecast's crossing compute equals the threshold."""
+    from forecaster.forecast import metric_curve
+
+    c = tiny_fit.cells
+    task, fam, sett = c.tasks[0], c.families[0], c.settings[-1]
+    f = fc.forecast(tiny_fit, threshold=0.3, tasks=[task], families=[fam], settings=[sett])
+    x = f.draws["log10_compute"].sel(task=task, family=fam, setting=sett).transpose("chain", "draw").values
+    ok = np.isfinite(x)
+    assert ok.mean() > 0.5
+    tr = trend(tiny_fit, [task], [fam], [sett])
+    assert float(np.abs(tr["bend_c"]).max()) > 0
+    # metric_curve evaluates every draw on a grid: take each draw at its own crossing
+    grid = np.where(ok, x, c.c0).reshape(-1)
+    curve = metric_curve(tiny_fit, task, fam, sett, "exact_match", grid).values.reshape(x.size, -1)
+    at_own = curve[np.arange(x.size), np.arange(x.size)].reshape(x.shape)
+    np.testing.assert_allclose(at_own[ok], 0.3, atol=1e-6)
