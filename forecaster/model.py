@@ -741,6 +741,7 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
     with pm.Model(coords=model_coords(cells)) as model:
         alloc = None
         a_value = b_value = alloc_value = None  # the trend's own values where the split samples moved ones
+        slope_moved = None  # the split's move of the slope, where it moves one
         if split is None:
             a = _task_level(spec, "a", "mu_a", "sigma_a", centered_task)
         else:
@@ -757,6 +758,7 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
             share = spec.prior("trend_share", dims="task")
         elif split is not None and c1_move.any():
             b, b_value = _task_level_moved(spec, "b", "mu_b", "sigma_b", n_task, slope_move)
+            slope_moved = slope_move
             alloc, alloc_value = _task_level_moved(spec, "alloc", "mu_alloc", "sigma_alloc", n_task, slope_move)
         else:
             b = _task_level(spec, "b", "mu_b", "sigma_b", np.asarray(sr.centered_slope, bool))
@@ -813,12 +815,13 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
                                       dims=("task", "bend_knot"))
 
         def warped(ti: np.ndarray, dx: np.ndarray, name: str):
-            """Log compute from c0 as the trend sees it: ``dx`` itself, or warped by the task's bend."""
+            """Log compute from c0 as the trend sees it, and the bend's part of it: ``dx`` itself (bend 0), or
+            warped by the task's bend."""
             out = _data(name, dx)
             if bend_c is None:
-                return out
-            hinge = _data(f"{name}_hinge", bend_basis(dx, sr.bend_spacing, sr.bend_knots))
-            return out + (bend_c[ti] * hinge).sum(axis=1)
+                return out, 0.0
+            bent = (bend_c[ti] * _data(f"{name}_hinge", bend_basis(dx, sr.bend_spacing, sr.bend_knots))).sum(axis=1)
+            return out + bent, bent
 
         def family_task_at(ti: np.ndarray, fi: np.ndarray, tag: str):
             """The pairs' intercept and slope offsets and the log compute each slope pivots on (the mean of the
@@ -862,14 +865,18 @@ def build_model(cells: CellData, spec: ModelSpec, structure=None, new: NewCells 
                 dn, dd = _data(f"params_rel{tag}", dn), _data(f"tokens_rel{tag}", dd)
                 mu = additive_trend(intercept, share[ti], b_params[ti] + slope, b_tokens[ti] + slope, dn, dd, xp=pt)
             else:
-                tau = warped(ti, np.asarray(x, float) - cells.c0, f"x_rel{tag}")
+                tau, bent = warped(ti, np.asarray(x, float) - cells.c0, f"x_rel{tag}")
                 mu = intercept + slope * tau
+                if slope_moved is not None and not values and bend_c is not None:
+                    # the split's move is the observed models' deviations along log params, unwarped: its part of
+                    # the sampled slope acts on x - c0 (so the split stays an exact change of variables)
+                    mu = mu - slope_moved[ti] * bent
                 if ft_b is not None:
                     off_a, off_b, pivot = family_task_at(np.asarray(ti, int), np.asarray(fi, int), tag)
                     if bend_c is None:
                         mu = mu + off_a + off_b * _data(f"x_pair{tag}", x - pivot)
                     else:  # the pair's slope pivots on its mean compute, warped like the rest of the line
-                        mu = mu + off_a + off_b * (tau - warped(ti, pivot - cells.c0, f"x_pivot{tag}"))
+                        mu = mu + off_a + off_b * (tau - warped(ti, pivot - cells.c0, f"x_pivot{tag}")[0])
             if alloc_ is not None:
                 # at fixed compute, the split between parameters and tokens moves log CE too (see use_allocation)
                 mu = mu + alloc_[ti] * _data(f"u_rel{tag}", u - cells.u0)
