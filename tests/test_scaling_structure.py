@@ -138,6 +138,7 @@ def test_allocation_forced_without_params_is_an_error():
 @pytest.mark.slow
 def test_tokens_per_param_moves_the_crossing_in_closed_form():
     from forecaster.fit import fit
+    from forecaster.metrics import warp
 
     res = fit(_checkpoint_table(), seed=2, draws=100, tune=150, chains=2)
     assert "alloc" in res.posterior
@@ -148,10 +149,14 @@ def test_tokens_per_param_moves_the_crossing_in_closed_form():
     tr = trend(res)
     alloc = tr["alloc"].values.ravel()
     slope = tr["slope"].values.ravel()
-    # log10 C* = c0 + (mu* - intercept)/slope; intercept moves by alloc * (u_20 - u_200), u = -log10(tokens/param)
+    # tau(log10 C* - c0) = (mu* - intercept)/slope, tau the task's warped compute (the bend); the intercept moves
+    # by alloc * (u_20 - u_200), u = -log10(tokens/param)
     expect = -alloc * (-np.log10(20) + np.log10(200)) / slope
+    c = tr["bend_c"].isel(task=0).transpose("chain", "draw", "bend_knot").values.reshape(len(alloc), -1)
+    c0 = res.cells.c0
     ok = np.isfinite(f20) & np.isfinite(f200)
-    np.testing.assert_allclose(f20[ok] - f200[ok], expect[ok], atol=1e-6)
+    got = warp(f20 - c0, c, res.structure.bend_spacing) - warp(f200 - c0, c, res.structure.bend_spacing)
+    np.testing.assert_allclose(got[ok], expect[ok], atol=1e-6)
 
 
 def _families(sizes_g: tuple[float, ...], slope_g: float = -0.6, with_h: bool = True) -> pd.DataFrame:
