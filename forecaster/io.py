@@ -14,7 +14,7 @@ import xarray as xr
 
 from .data import summarize
 from .errors import FitFileError, ForecasterError
-from .structure import Structure
+from .structure import Structure, resolve_structure
 from .fit import Diagnostics, FitResult, diagnose, table_from_dataset
 from .spec import spec_from_text
 
@@ -128,5 +128,7 @@ def load_fit(path: str | Path) -> FitResult:
     except (ValueError, TypeError) as exc:
         raise FitFileError(f"{incomplete}: its saved structure does not read back ({type(exc).__name__}); "
                            "refit with 'forecaster fit'") from None
+    if structure is None and "bend_c" not in post:  # saved before the bend existed: its trend is a straight line
+        structure = dataclasses.replace(resolve_structure(cells, spec), bend=False, bend_knots=0)
     return FitResult(tree=tree, data=table, spec=spec, cells=cells, diagnostics=_stored_diagnostics(tree), options=options,
                      structure=structure)

@@ -185,3 +185,25 @@ def test_forecast_table_carries_the_flag(tiny_fit):
     f = fc.forecast(tiny_fit, metric="exact_match", threshold=0.5)
     assert f.table["rests_on_prior"].map(type).eq(bool).all() or f.table["rests_on_prior"].dtype == bool
     json.dumps(f.records())  # JSON-ready
+
+
+def test_a_fit_saved_before_the_bend_loads_as_a_straight_line(tiny_fit_file, tmp_path):
+    """A file without a saved structure or bend draws (written before the bend existed) is read with the bend
+    off, so prediction does not invent one from its prior."""
+    import xarray as xr
+
+    from forecaster.io import load_fit
+
+    tree = xr.open_datatree(tiny_fit_file, engine="h5netcdf").load()
+    old = tree.copy()
+    old["posterior"] = xr.DataTree(tree["posterior"].to_dataset().drop_vars(["bend_c", "bend_z"]))
+    meta = tree["forecaster"].to_dataset()
+    del meta.attrs["structure"]
+    old["forecaster"] = xr.DataTree(meta)
+    old.to_netcdf(tmp_path / "old.nc", engine="h5netcdf")
+    loaded = load_fit(tmp_path / "old.nc")
+    assert not loaded.structure.bend
+    assert load_fit(tiny_fit_file).structure.bend
+    from forecaster.forecast import trend
+
+    assert "bend_c" not in trend(loaded)
