@@ -13,7 +13,7 @@ from .errors import QueryError
 from .fit import FitResult
 from .model import accuracy_shows_no_rise, family_task_pairs, family_task_pivots
 from .metrics import (
-    METRICS, bend_basis, check_threshold, crossing_log10_compute, crossing_log10_compute_two, item_spread,
+    METRICS, check_threshold, crossing_log10_compute, crossing_log10_compute_two, item_spread,
     metric_value, warp, warp_inverse, warp_slope,
     threshold_log_ce, threshold_log_ce_varying,
 )
@@ -239,19 +239,13 @@ def latent(tr: xr.Dataset, dx, du=0.0) -> xr.DataArray:
     return lc
 
 
-def _hinges(tr: xr.Dataset, dx) -> xr.DataArray:
-    dx = dx if isinstance(dx, xr.DataArray) else xr.DataArray(dx)
-    n_side = tr.sizes["bend_knot"] // 2
-    return xr.DataArray(bend_basis(dx.values, tr.attrs["bend_spacing"], n_side), dims=(*dx.dims, "bend_knot"),
-                        coords={**{d: dx[d] for d in dx.dims if d in dx.coords}, "bend_knot": tr["bend_knot"].values})
-
-
 def warped(tr: xr.Dataset, dx):
     """Per draw, log compute from ``c0`` as each task's line sees it: ``dx`` warped by the task's bend (``dx``
-    itself for a trend without one)."""
+    itself for a trend without one); :func:`forecaster.metrics.warp` over xarray."""
     if "bend_c" not in tr:
         return dx
-    return dx + (tr["bend_c"] * _hinges(tr, dx)).sum("bend_knot")
+    dx = dx if isinstance(dx, xr.DataArray) else xr.DataArray(dx)
+    return xr.apply_ufunc(warp, dx, tr["bend_c"], tr.attrs["bend_spacing"], input_core_dims=[[], ["bend_knot"], []])
 
 
 def warped_slope(tr: xr.Dataset, dx):
