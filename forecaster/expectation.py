@@ -10,10 +10,12 @@ a function of two numbers, ``v = mu + log k`` and ``s``. Two ways to compute it:
   801 points (:func:`g_exact`; agrees with adaptive quadrature to ~1e-13) and
   interpolated by a cubic B-spline. Interpolation error in ``g``: median 3e-9,
   at most ~4e-5 in ``p`` (``s`` up to 11; 1e-8 below 8); ``p = exp(-exp(g))`` keeps its relative
-  accuracy in both tails. Outside the grid (``v`` beyond [-30, 30], ``s``
-  beyond [0.02, 28]) ``g`` continues linearly from the edge in ``v`` and
-  ``log s`` (exact in ``v`` as ``p -> 1``); below ``s = 0.02`` the spread is
-  taken as 0.02.
+  accuracy in both tails. Outside the grid in ``v`` (beyond [-30, 30]) ``g``
+  continues linearly from the edge (exact as ``p -> 1``); below ``s = 0.02``
+  the spread is taken as 0.02. From ``s = 10`` up, ``p`` is instead the
+  large-spread expansion (:func:`_wide`; error < 2e-5 in ``p``, falling as
+  ``s**-3``), so the spread has no upper limit: a linear continuation in
+  ``log s`` made ``p`` rise with ``v`` past the grid, a false mode.
 * ``"gauss-hermite"``: ``nodes``-point Gauss-Hermite quadrature (error ~5e-4
   in ``p`` at ``s = 2.2`` with 24 nodes).
 
@@ -27,6 +29,7 @@ gradient; fused, 28 us; the spline about 1 us.
 from __future__ import annotations
 
 import hashlib
+import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -42,12 +45,19 @@ __all__ = ["ExpectedExactMatch", "expected_exact_match", "em_and_derivatives", "
 
 METHODS = ("spline", "gauss-hermite")
 #: Bump when the computation changes (part of numba's cache key).
-_VERSION = 3
+_VERSION = 4
 _TABLE = Path(__file__).with_name("em_spline.npz")
 # grid of the spline: v = mu + log k, and log s
 V0, V1, HV = -30.0, 30.0, 0.2
 L0, L1, HL = float(np.log(0.02)), float(np.log(30.0)), 0.05
 _TRAPEZOID_POINTS = 801
+# from this item spread up, the large-spread expansion replaces the spline
+S_WIDE = 10.0
+# exp(-exp(y)) is the survival function of a Gumbel (minimum) variable G, so p = P(G - s Z > v): G - s Z has
+# mean -gamma, variance s**2 + pi**2 / 6 and third cumulant -2 zeta(3); its Cornish-Fisher normal form
+_GAMMA = 0.5772156649015329
+_GUMBEL_VAR = np.pi**2 / 6.0
+_SKEW = -2.0 * 1.2020569031595942 / 6.0  # third cumulant / 6
 
 
 def g_exact(v, s, points: int = _TRAPEZOID_POINTS, half_width: float = 30.0) -> np.ndarray:
@@ -123,7 +133,36 @@ def _bspline(t, xp):
 def spline_g(v, s) -> np.ndarray:
     """The spline's ``g = log(-log p)`` at ``v = mu + log k`` and ``s`` (numpy; for checks)."""
     v, s = (np.ravel(a) for a in np.broadcast_arrays(np.asarray(v, float), np.asarray(s, float)))
-    return _spline_em(v, s, np.ones_like(v), spline_table(), np, g_only=True)
+    with np.errstate(divide="ignore", over="ignore", under="ignore"):
+        return _spline_em(v, s, np.ones_like(v), spline_table(), np, g_only=True)
+
+
+def _wide(v, s, xp, erfc):
+    """``(p, dp/dv, dp/ds)`` for a wide item spread (``s >= S_WIDE``): ``p = Phi(-u)`` with
+    ``u = w - A (w**2 - 1)``, ``w = (v + gamma) / sigma``, ``sigma**2 = s**2 + pi**2 / 6``, ``A`` the skewness
+    term (``w**2`` capped at 900, where ``p`` is 0 or 1 anyway, so ``u`` stays increasing in ``v``)."""
+    sig2 = s * s + _GUMBEL_VAR
+    sig = xp.sqrt(sig2)
+    w = (v + _GAMMA) / sig
+    a = _SKEW / (sig2 * sig)
+    inside = w * w < 900.0
+    w2 = xp.where(inside, w * w, 900.0)
+    u = w - a * (w2 - 1.0)
+    p = 0.5 * erfc(u / np.sqrt(2.0))
+    phi = xp.exp(-0.5 * u * u) / np.sqrt(2.0 * np.pi)
+    du_dw = 1.0 - xp.where(inside, 2.0 * a * w, 0.0)
+    du_ds = du_dw * (-w * s / sig2) + (w2 - 1.0) * 3.0 * a * s / sig2
+    return p, -phi * du_dw / sig, -phi * du_ds
+
+
+def _erfc(xp):
+    if xp is np:
+        from scipy.special import erfc
+
+        return erfc
+    import jax.scipy.special as jsp
+
+    return jsp.erfc
 
 
 def _spline_em(mu, s, k, coef, xp, g_only=False, p_only=False):
@@ -150,17 +189,20 @@ def _spline_em(mu, s, k, coef, xp, g_only=False, p_only=False):
     gy = (wx * cdy).sum(-1)
     # beyond the grid: first-order continuation from the edge, with its exact derivatives
     g = g + gx * (x - xc) + gy * (y - yc)
+    wide = s >= S_WIDE
+    pw, dpw_dv, dpw_ds = _wide(v, xp.where(wide, s, S_WIDE), xp, _erfc(xp))
     if g_only:
-        return g
+        return xp.where(wide, xp.log(-xp.log(pw)), g)
     if p_only:
-        return xp.exp(-xp.exp(g))
+        return xp.where(wide, pw, xp.exp(-xp.exp(g)))
     gxy = (dx * cdy).sum(-1)
     gx, gy = gx + xp.where(x == xc, gxy * (y - yc), 0.0), gy + xp.where(y == yc, gxy * (x - xc), 0.0)
     n = xp.exp(g)  # -log p
     p = xp.exp(-n)
     dp_dv = -p * n * gx / HV
     dp_dls = -p * n * gy / HL
-    return p, dp_dv, xp.where(s > np.exp(L0), dp_dls / s, 0.0)
+    return (xp.where(wide, pw, p), xp.where(wide, dpw_dv, dp_dv),
+            xp.where(wide, dpw_ds, xp.where(s > np.exp(L0), dp_dls / s, 0.0)))
 
 
 def em_and_derivatives(mu, s, k, nodes: int = 24, method: str = "spline"):
@@ -263,6 +305,8 @@ def _register_numba() -> None:
         coef = spline_table()
         nv, nl = coef.shape
         s_min = float(np.exp(L0))
+        s_wide, gamma, gvar, skew = S_WIDE, _GAMMA, _GUMBEL_VAR, _SKEW
+        sqrt2, sqrt2pi = float(np.sqrt(2.0)), float(np.sqrt(2.0 * np.pi))
 
         @numba_basic.numba_njit
         def weights(t, w, d):
@@ -282,6 +326,20 @@ def _register_numba() -> None:
             p, dmu, ds = np.empty(n), np.empty(n), np.empty(n)
             wx, dx, wy, dy = np.empty(4), np.empty(4), np.empty(4), np.empty(4)
             for r in range(n):
+                if s[r] >= s_wide:  # the large-spread expansion (_wide)
+                    sig2 = s[r] * s[r] + gvar
+                    sig = np.sqrt(sig2)
+                    w = (mu[r] + np.log(k[r]) + gamma) / sig
+                    a = skew / (sig2 * sig)
+                    w2, du_dw = 900.0, 1.0
+                    if w * w < 900.0:
+                        w2, du_dw = w * w, 1.0 - 2.0 * a * w
+                    u = w - a * (w2 - 1.0)
+                    phi = np.exp(-0.5 * u * u) / sqrt2pi
+                    p[r] = 0.5 * math.erfc(u / sqrt2)
+                    dmu[r] = -phi * du_dw / sig
+                    ds[r] = -phi * (du_dw * (-w * s[r] / sig2) + (w2 - 1.0) * 3.0 * a * s[r] / sig2)
+                    continue
                 x = (mu[r] + np.log(k[r]) - V0) / HV
                 y = (np.log(max(s[r], s_min)) - L0) / HL
                 xc = min(max(x, 1.0), nv - 2.0)

@@ -4,10 +4,10 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from scipy import integrate
+from scipy import integrate, stats
 
 from forecaster.expectation import (
-    HL, HV, L0, V0, em_and_derivatives, expected_exact_match, g_exact, spline_g, spline_table,
+    HL, HV, L0, S_WIDE, V0, em_and_derivatives, expected_exact_match, g_exact, spline_g, spline_table,
 )
 from forecaster.quadrature import normal_nodes
 
@@ -39,12 +39,30 @@ def test_spline_is_accurate_in_both_tails():
     assert np.max(np.abs(spline_g(mu + np.log(k), s) - g)) < 1e-5
 
 
+def _gumbel_p(v, s):
+    """p = P(G - s Z > v), G a Gumbel (minimum) variable: a one-dimensional integral accurate at any spread."""
+    f = lambda y: stats.norm.cdf((y - v) / s) * np.exp(y - np.exp(y))  # noqa: E731
+    return integrate.quad(f, -60, 5, limit=400, epsabs=1e-14, epsrel=1e-13)[0]
+
+
+@pytest.mark.parametrize("s", [2.0, 9.9, 10.0, 28.0, 100.0, 729.0])
+def test_any_item_spread_is_accurate_and_monotone(s):
+    """Wide spreads (past the spline's grid): p stays accurate and falls as v rises. A linear continuation in
+    log s made p rise with v there (s = 729: p from 0 to 0.9 over v in [-30, 30]), a false mode that a chain
+    of a multiple-choice fit found."""
+    v = np.linspace(-4 * s - 3, 4 * s + 3, 121)
+    p, dmu, _ = em_and_derivatives(v, np.full_like(v, s), np.ones_like(v))
+    ref = np.array([_gumbel_p(x, s) for x in v])
+    assert np.max(np.abs(p - ref)) < 7e-5
+    assert np.all(np.diff(p) <= 0) and np.all(dmu <= 0)
+
+
 def test_shipped_table_interpolates_the_exact_function():
     """The spline passes through g at the grid nodes: catches a table built by other code or for another grid."""
     coef = spline_table()
     rng = np.random.default_rng(1)
     i = rng.integers(2, coef.shape[0] - 3, 30)
-    j = rng.integers(2, coef.shape[1] - 3, 30)
+    j = rng.integers(2, int((np.log(S_WIDE) - L0) / HL), 30)  # wider spreads take the expansion instead
     v, s = V0 + i * HV, np.exp(L0 + j * HL)
     np.testing.assert_allclose(spline_g(v, s), g_exact(v, s), atol=1e-9)
 
