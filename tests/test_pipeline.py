@@ -266,7 +266,7 @@ def test_other_samplers_start_where_nutpie_starts(demo_table, sampler, monkeypat
         np.testing.assert_array_equal(p["sigma_item"], np.ones(n_tasks))
     # every other variable is jittered: the chains start apart
     assert not np.allclose(starts[0]["mu_a"], starts[1]["mu_a"])
-    assert not np.allclose(starts[1]["b"], starts[2]["b"])
+    assert not np.allclose(starts[1]["b_c"], starts[2]["b_c"])  # the slopes sampled centered
     # and not jittered again by the sampler
     if sampler == "pymc":
         assert seen["init"] == "adapt_diag"
