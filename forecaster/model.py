@@ -142,10 +142,10 @@ def slope_centering(cells: CellData, spec: ModelSpec, centered_task: np.ndarray 
     of its cells on log10 compute, with family and setting offsets and, where the data give params and
     tokens, log10 params/tokens) is below ``r`` times the spread of the slopes across tasks (the spread of the
     least-squares slopes less their mean squared standard error; the fixed value of ``sigma_b`` when the spec
-    fixes it). Tasks with accuracy alone (no log-prob or CE data) get non-centered slopes: there the slopes
-    move together with ``mu_b`` (llm-line, centered: R-hat 1.42 on ``mu_b``, the chains' means of every slope
-    apart). Other tasks without three compute levels of log-prob or CE data, and fits with fewer than two
-    such tasks, keep the intercepts' choice.
+    fixes it). Tasks with accuracy alone (no log-prob or CE data) get non-centered slopes: centered, their
+    slopes move together with ``mu_b``, a slow direction (docs/calibration.md, session 16). Other tasks
+    without three compute levels of log-prob or CE data, and fits with fewer than two such tasks, keep the
+    intercepts' choice.
 
     Measured (4 tasks x 6 models of per-item data, slopes -0.3 to -0.5, cell deviations 0.1; 4 chains x 1000,
     seeds 1-2): with 50 items a cell centered slopes gave 99 / 61 divergences (the funnel of ``sigma_b``,
