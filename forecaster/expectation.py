@@ -169,7 +169,8 @@ def _spline_em(mu, s, k, coef, xp, g_only=False, p_only=False):
     """``(p, dp/dmu, dp/ds)`` from the spline of ``g`` (numpy or jax.numpy; vectors)."""
     nv, nl = coef.shape
     v = mu + xp.log(k)
-    ls = xp.log(xp.maximum(s, np.exp(L0)))
+    wide = s >= S_WIDE
+    ls = xp.log(xp.clip(s, np.exp(L0), S_WIDE))  # wider spreads take the expansion below
     x = (v - V0) / HV
     y = (ls - L0) / HL
     # evaluate inside [1, n - 2] (all four knots on the grid), continue linearly beyond
@@ -189,7 +190,6 @@ def _spline_em(mu, s, k, coef, xp, g_only=False, p_only=False):
     gy = (wx * cdy).sum(-1)
     # beyond the grid: first-order continuation from the edge, with its exact derivatives
     g = g + gx * (x - xc) + gy * (y - yc)
-    wide = s >= S_WIDE
     pw, dpw_dv, dpw_ds = _wide(v, xp.where(wide, s, S_WIDE), xp, _erfc(xp))
     if g_only:
         return xp.where(wide, xp.log(-xp.log(pw)), g)
