@@ -422,8 +422,9 @@ def converged(d: dict | None, n_samples: int) -> bool:
 
 
 def _n_samples(fit_row) -> int:
-    st = fit_row["settings"]
-    return int(st.get("draws", 0)) * int(st.get("chains", 0))
+    """Draws the kept fit has (a remedy may have drawn more than the settings asked for)."""
+    d, st = fit_row.get("diag") or {}, fit_row["settings"]
+    return int(d.get("n_samples") or int(st.get("draws", 0)) * int(st.get("chains", 0)))
 
 
 def load_cache(cache_dir: Path, cases: list[str]) -> list[dict]:

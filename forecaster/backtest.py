@@ -778,7 +778,7 @@ def backtest(
                 diagnostics.setdefault(str(fi), {})[m] = {
                     "max_rhat": _json_value(d.max_rhat), "min_ess_bulk": _json_value(d.min_ess_bulk),
                     "min_ess_tail": _json_value(d.min_ess_tail), "divergences": int(d.divergences),
-                    "trusted": bool(d.trusted)}
+                    "n_samples": int(d.n_samples), "trusted": bool(d.trusted)}
                 notes.extend(f"{split.label}: the {m} fit: {n}" for n in d.notes)
                 if not d.converged and int(draws) >= REMEDY_MIN_DRAWS:
                     unconverged.setdefault(fi, []).append(m)

@@ -319,8 +319,9 @@ def fit(
     remedies : bool
         When a fit of at least ``REMEDY_MIN_DRAWS`` draws and two chains is not trusted (not converged, or any
         divergent transition or other warning), fit once more with
-        twice the tuning steps and ``target_accept`` 0.99, and keep the better fit (said in the diagnostics'
-        notes; the options record what was kept).
+        twice the tuning steps and ``target_accept`` 0.99 (and twice the draws where the effective sample size
+        was below ``ESS_MIN``), and keep the better fit (said in the diagnostics' notes; the options record what
+        was kept).
     log_likelihood : bool
         Keep the observed data and each cell's pointwise log-likelihood (for LOO and checks; ~1-2 s); off for
         fits that are only forecast from (backtests).
@@ -357,21 +358,26 @@ def fit(
         first = diagnose(tree)
         if not first.trusted:  # the remedy: longer tuning and smaller steps, once; the better of the two is kept
             kwargs2 = dict(kwargs, tune=2 * max(int(tune), 500), target_accept=max(0.99, float(target_accept)))
+            if min(first.min_ess_bulk, first.min_ess_tail) < ESS_MIN:  # too few effective draws: twice the draws too
+                kwargs2["draws"] = 2 * int(draws)
             what = "not converged" if not first.converged else "not trusted"
+            again = (f"{kwargs2['tune']} tuning steps"
+                     + (f", {kwargs2['draws']} draws" if kwargs2["draws"] != int(draws) else "")
+                     + f" and target_accept {kwargs2['target_accept']:g}")
             if status is not None:
-                status(f"{what} ({first.warnings[0].split(':')[0]}): fitting again with "
-                       f"{kwargs2['tune']} tuning steps and target_accept {kwargs2['target_accept']:g}")
+                status(f"{what} ({first.warnings[0].split(':')[0]}): fitting again with {again}")
             tree2 = _drop_stuck(_tidy_tree(_sample(pm_model, cells, kwargs2, digest, None)))
             second = diagnose(tree2)
-            better = (second.converged, second.trusted, -len(second.warnings), -second.divergences,
-                      -second.max_rhat) >= (first.converged, first.trusted, -len(first.warnings), -first.divergences,
-                                            -first.max_rhat)
+            better = (second.converged, second.trusted, -len(second.warnings),
+                      -second.divergences / max(second.n_samples, 1), -second.max_rhat) >= (
+                first.converged, first.trusted, -len(first.warnings), -first.divergences / max(first.n_samples, 1),
+                -first.max_rhat)
             if better:
                 tree, kwargs = tree2, kwargs2
             outcome = "converged" if second.converged and second.trusted else (
                 "converged, still warned" if second.converged else "still not converged")
             remedy = (f"{what} with {int(tune)} tuning steps ({'; '.join(first.lines())}); refitted with "
-                      f"{kwargs2['tune']} and target_accept {kwargs2['target_accept']:g}: {outcome}"
+                      f"{again}: {outcome}"
                       f"{'' if better else ', so the first fit is kept'}")
             tree["posterior"].attrs[REMEDY_ATTR] = remedy
     if log_likelihood:
@@ -381,7 +387,7 @@ def fit(
     if extra:  # the pooled setting shifts, integrated out of the sampled model, drawn from their conditional
         tree["posterior"] = xr.DataTree(post.assign(extra))
     options = dict(
-        seed=int(seed), draws=int(draws), tune=int(kwargs["tune"]), chains=int(chains), sampler=sampler,
+        seed=int(seed), draws=int(kwargs["draws"]), tune=int(kwargs["tune"]), chains=int(chains), sampler=sampler,
         target_accept=float(kwargs["target_accept"]), allow_single_compute=bool(allow_single_compute),
     )
     meta = _to_dataset(table)

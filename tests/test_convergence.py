@@ -67,7 +67,9 @@ def test_an_unconverged_fit_tries_its_remedy_and_says_so(demo_table):
     notes = [n for n in res.diagnostics.notes if "refitted with" in n]
     assert len(notes) == 1 and notes[0].startswith("not converged with 0 tuning steps"), res.diagnostics.notes
     assert any(line.startswith("not converged") for line in lines)
+    assert f"{2 * REMEDY_MIN_DRAWS} draws" in notes[0]  # untuned chains explore little: the remedy draws twice as many
     if "first fit is kept" not in notes[0]:
         assert res.options["tune"] == 1000 and res.options["target_accept"] == 0.99
+        assert res.options["draws"] == 2 * REMEDY_MIN_DRAWS  # few effective draws: twice the draws too
     off = fit(demo_table, seed=1, draws=REMEDY_MIN_DRAWS, tune=0, chains=2, remedies=False)
     assert not any("refitted" in n for n in off.diagnostics.notes) and off.options["tune"] == 0
