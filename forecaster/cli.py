@@ -185,7 +185,7 @@ def fit(
     pool_single_compute: Annotated[bool, typer.Option(
         help="Fit tasks seen at one compute only through the pooled slope prior.")] = False,
     remedies: Annotated[bool, typer.Option(
-        help="When the fit does not converge, fit again once with longer tuning and smaller steps.")] = True,
+        help="When the fit is warned, fit again once with longer tuning and smaller steps (more draws if ESS < 400).")] = True,
     from_format: FromFormat = "tidy",
     compute_table: ComputeTable = None,
     drop_unknown: DropUnknown = False,
