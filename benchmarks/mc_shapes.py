@@ -10,6 +10,12 @@ of accuracy, each the curve of one observation model with a latent linear in log
 * ``gold-vs-wrong``: log of the margin d at which E_z[Phi(z + d)^(n-1)] = acc, the chance that the gold
   option outscores n - 1 wrong ones (floor 1/n reached only at d = 0), with log d linear.
 
+And one forecast through the task loss the file also holds (``gold_ce_nats_per_token``, the gold
+option's cross-entropy per token): ``via gold CE``, a straight line of log gold CE in log10 compute per
+(task, family), read as accuracy through a line of logit(acc) in log gold CE per task, fitted on the
+training models of every family (the smooth quantity forecast, then the metric; Schaeffer et al. 2023);
+``link, observed CE`` reads the held-out models' own loss through that line (the route's floor of error).
+
 It prints the accuracy error of each line in sample, and when the family's 1 or 2 largest models are
 held out (fit on the rest). Run from the repository root::
 
@@ -58,18 +64,28 @@ def forecasts(x: np.ndarray, y: np.ndarray, xh: np.ndarray, n: int) -> dict[str,
 def main() -> None:
     if not DATA.exists():
         raise SystemExit(f"{DATA} not found: this benchmark reads ../shared/data")
-    d = pd.read_csv(DATA)
-    d = d[(d.metric == "acc") & d.task.isin(list(N_CHOICES)) & ~d.family.str.startswith("hf-ablation")]
+    raw = pd.read_csv(DATA)
+    raw = raw[raw.task.isin(list(N_CHOICES)) & ~raw.family.str.startswith("hf-ablation")]
+    d = raw.pivot_table(index=["task", "family", "model", "compute_flops"], columns="metric", values="value")
+    d = d.reset_index().rename(columns={"gold_ce_nats_per_token": "gold_ce"}).dropna(subset=["acc", "gold_ce"])
     for held in (0, 1, 2):
+        # each family's `held` largest models are the test set, for every line and for the loss-to-accuracy map
+        rank = d.groupby(["task", "family"]).compute_flops.rank(ascending=False, method="first")
+        train = d[rank > held] if held else d
+        link = {t: np.polyfit(np.log(g.gold_ce), np.log(g.acc / (1 - g.acc)), 1) for t, g in train.groupby("task")}
         errs: dict[str, list[float]] = {}
         for (task, _), g in d.groupby(["task", "family"]):
             g = g.sort_values("compute_flops")
-            x, y, n = np.log10(g.compute_flops.to_numpy()), g.value.to_numpy(), N_CHOICES[task]
+            x, y, n = np.log10(g.compute_flops.to_numpy()), g.acc.to_numpy(), N_CHOICES[task]
             fit = slice(None, len(x) - held) if held else slice(None)
             test = slice(len(x) - held, None) if held else slice(None)
             out = forecasts(x[fit], y[fit], x[test], n)
-            if len(out) < 3:  # compare the three on the same points
+            if len(out) < 3:  # compare the methods on the same points
                 continue
+            c = np.polyfit(x[fit], np.log(g.gold_ce.to_numpy()[fit]), 1)
+            out["via gold CE"] = 1 / (1 + np.exp(-np.polyval(link[task], np.polyval(c, x[test]))))
+            if held:  # the link alone: the held-out models' own loss read as accuracy (the best the route can do)
+                out["link, observed CE"] = 1 / (1 + np.exp(-np.polyval(link[task], np.log(g.gold_ce.to_numpy()[test]))))
             for name, p in out.items():
                 errs.setdefault(name, []).extend(100 * np.abs(p - y[test]))
         what = "in sample" if not held else f"{held} largest held out"
