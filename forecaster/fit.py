@@ -368,10 +368,7 @@ def fit(
                 status(f"{what} ({first.warnings[0].split(':')[0]}): fitting again with {again}")
             tree2 = _drop_stuck(_tidy_tree(_sample(pm_model, cells, kwargs2, digest, None)))
             second = diagnose(tree2)
-            better = (second.converged, second.trusted, -len(second.warnings),
-                      -second.divergences / max(second.n_samples, 1), -second.max_rhat) >= (
-                first.converged, first.trusted, -len(first.warnings), -first.divergences / max(first.n_samples, 1),
-                -first.max_rhat)
+            better = _rank(second) >= _rank(first)
             if better:
                 tree, kwargs = tree2, kwargs2
             outcome = "converged" if second.converged and second.trusted else (
@@ -398,6 +395,12 @@ def fit(
     tree["forecaster"] = xr.DataTree(meta)
     return FitResult(tree=tree, data=table, spec=spec, cells=cells, diagnostics=diagnose(tree), options=options,
                      structure=structure)
+
+
+def _rank(d: Diagnostics) -> tuple:
+    """How good a fit is, for the remedy's choice (larger is better): converged, trusted, fewer warnings, a smaller
+    share of divergent draws (a refit may draw more), a smaller R-hat."""
+    return (d.converged, d.trusted, -len(d.warnings), -d.divergences / max(d.n_samples, 1), -d.max_rhat)
 
 
 def _sample(pm_model: pm.Model, cells: CellData, kwargs: dict, digest: str, status):
